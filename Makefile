@@ -1,0 +1,45 @@
+# medvision: `make demo` runs the main job on the embedded demo data, `make test` runs the suite.
+# Both create .venv when missing and install the project into it (again only when pyproject.toml changes).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medvision-installed
+DEMO_DIR ?= data/demo
+# pip prints one warning per local package index it cannot use; they are noise here.
+PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: install demo demo-data test test-slow lint bench bench-io clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing medvision and its dependencies into $(VENV) (first time: several minutes)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | $(PIP_FILTER)
+	@$(BIN)/python -c "import medvision, torch, torchvision, monai, pydicom; print('installed: medvision', medvision.__version__, '| torch', torch.__version__, '| monai', monai.__version__)"
+	@touch $@
+
+install: $(STAMP)
+
+demo-data: install
+	$(BIN)/medvision demo-data --out $(DEMO_DIR) --seed 0
+
+demo: demo-data
+	$(BIN)/medvision inspect $(DEMO_DIR)/mri/dicom/BRAIN_001 $(DEMO_DIR)/mri/imagesTr/BRAIN_001.nii.gz
+
+lint: install
+	$(BIN)/ruff check medvision tests benchmarks pipelines
+
+test: lint
+	$(BIN)/pytest -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -m slow
+
+bench-io: install
+	$(BIN)/python benchmarks/bench_io.py
+
+bench: bench-io
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo

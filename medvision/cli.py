@@ -1,0 +1,133 @@
+"""The ``medvision`` command. It parses arguments and delegates; it holds no logic of its own.
+
+Every :class:`~medvision.errors.MedvisionError` becomes one line ``error: <where>: <reason>; <fix>``
+on stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import typer
+
+from medvision.constants import DEFAULT_MAX_VOXELS
+from medvision.errors import MedvisionError
+
+app = typer.Typer(
+    help="medvision: train, evaluate and report medical-imaging models (MONAI, torchvision, MLflow).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+def _fail(exc: BaseException, where: str | None = None) -> None:
+    """Print one error line (or the traceback with --debug)."""
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    if isinstance(exc, MedvisionError):
+        typer.echo(f"error: {exc.one_line()}", err=True)
+    else:
+        prefix = f"{where}: " if where else ""
+        typer.echo(f"error: {prefix}unexpected {type(exc).__name__}: {' '.join(str(exc).split())}", err=True)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def inspect(
+    paths: list[Path] = typer.Argument(..., help="DICOM files, DICOM series folders, NIfTI or PNG/JPEG files."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to pick in a multi-series folder."),
+    largest_series: bool = typer.Option(False, "--largest-series", help="Pick the series with most files."),
+    max_voxels: int = typer.Option(DEFAULT_MAX_VOXELS, "--max-voxels", help="Refuse headers asking for more."),
+    ras: bool = typer.Option(False, "--ras", help="Reorient NIfTI volumes to RAS before summarising."),
+) -> None:
+    """Print what medvision loads from each PATH; bad paths get one error line and exit status 2."""
+    from medvision.io import load, summarise
+
+    failed = 0
+    for path in paths:
+        try:
+            array, meta = load(path, max_voxels=max_voxels, series_uid=series,
+                               series_rule="largest" if largest_series else "error", reorient_ras=ras)
+            info = summarise(array, meta)
+        except Exception as exc:  # noqa: BLE001 - one bad path never stops the others
+            failed += 1
+            _fail(exc, str(path))
+            continue
+        if as_json:
+            typer.echo(json.dumps(info))
+        else:
+            shape = "x".join(str(s) for s in info["shape"])
+            spacing = " x ".join(f"{s:g}" for s in info["spacing_mm"])
+            typer.echo(
+                f"{info['path']}\n  kind {info['kind']}  modality {info['modality'] or '-'}  "
+                f"photometric {info['photometric'] or '-'}  slices {info['n_slices']}\n"
+                f"  shape {shape} (x, y[, z])  spacing {spacing} mm  dtype {info['dtype']}\n"
+                f"  values min {info['min']:g}  max {info['max']:g}  mean {info['mean']:.4g}\n"
+                f"  study {info['study_uid'] or '-'}  series {info['series_uid'] or '-'}"
+            )
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Option(Path("data/demo"), "--out", help="Folder to write the demo data set into."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same files."),
+    cxr_patients: int = typer.Option(60, "--cxr-patients", help="Number of chest radiograph patients."),
+    mri_volumes: int = typer.Option(40, "--mri-volumes", help="Number of brain MRI volumes."),
+) -> None:
+    """Write the embedded demo data set (chest radiographs as DICOM, brain MRI as NIfTI and DICOM)."""
+    from medvision.demo import write_demo_data
+
+    start = time.perf_counter()
+    inventory = write_demo_data(out, seed, n_cxr_patients=cxr_patients, n_mri=mri_volumes,
+                                progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    typer.echo(f"demo data written to {out} in {time.perf_counter() - start:.1f} s")
+    typer.echo(json.dumps(inventory, indent=2, default=str))
+
+
+def _mount_subcommands() -> None:
+    from medvision.models.cli import app as weights_app
+
+    app.add_typer(weights_app, name="weights", help="Manage ImageNet weights in the torch hub cache.")
+
+
+def main() -> None:
+    """Console entry point."""
+    _mount_subcommands()
+    try:
+        # With standalone_mode=False click returns the exit code of typer.Exit instead of raising it.
+        code = app(standalone_mode=False)
+    except MedvisionError as exc:
+        _fail(exc)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        _fail(exc)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

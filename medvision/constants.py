@@ -1,0 +1,25 @@
+"""Dictionary keys and shared names, kept in one place (as TorchIO's ``constants.py``)."""
+
+from __future__ import annotations
+
+#: Keys of a sample dict on its way through the pipeline.
+IMAGE = "image"
+LABEL = "label"
+BOXES = "boxes"
+BOX_LABELS = "box_labels"
+META = "meta"
+MASK = "mask"
+PATIENT_ID = "patient_id"
+
+#: Kinds of input that :func:`medvision.io.load` understands.
+KIND_DICOM_FILE = "dicom-file"
+KIND_DICOM_SERIES = "dicom-series"
+KIND_NIFTI = "nifti"
+KIND_IMAGE = "image"
+
+#: Default ceiling on the number of voxels a header may ask for (about 2 GiB as float32).
+DEFAULT_MAX_VOXELS = 512 * 1024 * 1024
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")

@@ -1,0 +1,58 @@
+"""Typed errors. Each names the file or key, the reason and the fix.
+
+The CLI turns any :class:`MedvisionError` into one line on stderr
+(``error: <where>: <reason>``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedvisionError(Exception):
+    """Base class: ``where`` (a path or a config key), ``reason`` and ``fix``."""
+
+    def __init__(self, where: str | Path, reason: str, fix: str | None = None) -> None:
+        self.where = str(where)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """The message as one line: ``<where>: <reason>[; <fix>]``."""
+        text = f"{self.where}: {self.reason}"
+        if self.fix:
+            text += f"; {self.fix}"
+        return " ".join(text.split())
+
+
+class InputError(MedvisionError):
+    """A file or folder that cannot be read as a scan."""
+
+
+class UnsupportedFormatError(InputError):
+    """A file whose format or transfer syntax medvision cannot decode."""
+
+
+class SizeLimitError(InputError):
+    """A header that asks for more pixels than the configured limit."""
+
+
+class SeriesSelectionError(InputError):
+    """A folder that holds several DICOM series, or none."""
+
+
+class ConfigError(MedvisionError):
+    """A configuration key with a bad or unknown value."""
+
+
+class DataError(MedvisionError):
+    """A datalist, label or split that cannot be used."""
+
+
+class WeightsError(MedvisionError):
+    """Model weights that are missing, corrupt or do not match the architecture."""
+
+
+class TrackingError(MedvisionError):
+    """The MLflow tracking store cannot be reached or refuses a call."""

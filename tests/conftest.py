@@ -1,0 +1,98 @@
+"""Shared fixtures: small DICOM/NIfTI writers and the real files pydicom and nibabel ship."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MEDVISION_OFFLINE", "1")  # never try a download from the tests
+
+
+def pydicom_file(name: str) -> Path:
+    """A test file shipped inside pydicom's wheel (never downloaded)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:  # pragma: no cover - the wheel ships these
+        pytest.fail(f"pydicom test file {name} is not in the installed wheel")
+    return Path(path)
+
+
+def nibabel_file(name: str) -> Path:
+    """A test file shipped inside nibabel's wheel."""
+    import nibabel
+
+    path = Path(nibabel.__file__).parent / "tests" / "data" / name
+    assert path.exists(), path
+    return path
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    modality: str = "DX",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    position: tuple[float, float, float] | None = None,
+    orientation: tuple[float, ...] | None = None,
+    instance_number: int = 1,
+    spacing: tuple[float, float] = (0.2, 0.2),
+    slope: float | None = None,
+    intercept: float | None = None,
+    syntax: str | None = None,
+) -> Path:
+    """Write a single-frame grey DICOM image with synthetic, non-identifying headers."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
+                 "CR": "1.2.840.10008.5.1.4.1.1.1"}.get(modality, "1.2.840.10008.5.1.4.1.1.1.1")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Modality = modality
+    ds.PatientID = "TEST0001"
+    ds.PatientSex = "F"
+    ds.PatientAge = "042Y"
+    ds.ViewPosition = "PA" if modality in ("DX", "CR") else ""
+    ds.InstanceNumber = instance_number
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    ds.PixelSpacing = [f"{spacing[0]:g}", f"{spacing[1]:g}"]
+    if position is not None:
+        ds.ImagePositionPatient = [f"{v:g}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:g}" for v in (orientation or (1, 0, 0, 0, 1, 0))]
+    if slope is not None:
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept or 0:g}"
+    ds.WindowCenter = "1000"
+    ds.WindowWidth = "2000"
+    ds.PixelData = np.ascontiguousarray(pixels.astype(np.int16 if pixels.dtype.kind == "i" else np.uint16)).tobytes()
+    if syntax is not None:
+        ds.compress(syntax)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
