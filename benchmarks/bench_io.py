@@ -22,8 +22,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from medvision.io import load_radiograph_tensor
 
 
-def write_radiograph(path: Path, rng: np.random.Generator, rows: int = 2500, cols: int = 2048,
-                     photometric: str = "MONOCHROME2") -> None:
+def write_radiograph(
+    path: Path, rng: np.random.Generator, rows: int = 2500, cols: int = 2048, photometric: str = "MONOCHROME2"
+) -> None:
     """A 16-bit chest-radiograph-sized DICOM with smooth structure and noise (no identifiers)."""
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     img = 30000 + 12000 * np.sin(xx / 150.0) * np.cos(yy / 210.0) + rng.normal(0, 800, (rows, cols))
@@ -66,19 +67,28 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rng = np.random.default_rng(0)
-    stock = Compose([LoadImage(reader=PydicomReader(), image_only=True), EnsureChannelFirst(), ScaleIntensity(),
-                     Resize((args.size, args.size))])
+    stock = Compose(
+        [
+            LoadImage(reader=PydicomReader(), image_only=True),
+            EnsureChannelFirst(),
+            ScaleIntensity(),
+            Resize((args.size, args.size)),
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         paths = [Path(tmp) / f"cxr{i}.dcm" for i in range(args.images)]
         for p in paths:
             write_radiograph(p, rng)
         ours_t = time_per_image(lambda p: load_radiograph_tensor(p, size=args.size), paths, args.repeats)
         stock_t = time_per_image(lambda p: stock(str(p)), paths, args.repeats)
-        diff = float((load_radiograph_tensor(paths[0], size=args.size)[0] - torch.as_tensor(stock(str(paths[0])))
-                      ).abs().max())
+        diff = float(
+            (load_radiograph_tensor(paths[0], size=args.size)[0] - torch.as_tensor(stock(str(paths[0])))).abs().max()
+        )
     ours_ms, stock_ms = statistics.median(ours_t) * 1e3, statistics.median(stock_t) * 1e3
-    print(f"images: {args.images} x {args.repeats}, 2048x2500 16-bit DICOM -> 1x{args.size}x{args.size} float32, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"images: {args.images} x {args.repeats}, 2048x2500 16-bit DICOM -> 1x{args.size}x{args.size} float32, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'path':<58}{'ms/image (median)':>18}")
     print(f"{'medvision load_radiograph_tensor':<58}{ours_ms:>18.1f}")
     print(f"{'MONAI LoadImage(PydicomReader)+EnsureChannelFirst+Scale+Resize':<58}{stock_ms:>18.1f}")

@@ -58,8 +58,13 @@ def inspect(
     failed = 0
     for path in paths:
         try:
-            array, meta = load(path, max_voxels=max_voxels, series_uid=series,
-                               series_rule="largest" if largest_series else "error", reorient_ras=ras)
+            array, meta = load(
+                path,
+                max_voxels=max_voxels,
+                series_uid=series,
+                series_rule="largest" if largest_series else "error",
+                reorient_ras=ras,
+            )
             info = summarise(array, meta)
         except Exception as exc:  # noqa: BLE001 - one bad path never stops the others
             failed += 1
@@ -92,10 +97,73 @@ def demo_data(
     from medvision.demo import write_demo_data
 
     start = time.perf_counter()
-    inventory = write_demo_data(out, seed, n_cxr_patients=cxr_patients, n_mri=mri_volumes,
-                                progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    inventory = write_demo_data(
+        out, seed, n_cxr_patients=cxr_patients, n_mri=mri_volumes, progress=lambda msg: typer.echo(f"  {msg}", err=True)
+    )
     typer.echo(f"demo data written to {out} in {time.perf_counter() - start:.1f} s")
     typer.echo(json.dumps(inventory, indent=2, default=str))
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/pneumonia_demo.yaml."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=3 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint into the same MLflow run."),
+    skip_unreadable: bool = typer.Option(
+        False, "--skip-unreadable", help="Drop unreadable images (counted and logged) instead of refusing."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars for epochs and batches."),
+) -> None:
+    """Train, evaluate and register a model as the CONFIG describes."""
+    from medvision.config import load_config
+
+    if skip_unreadable:
+        overrides = [*overrides, "data.skip_unreadable=true"]
+    cfg = load_config(config, overrides)
+    if cfg.task != "classification":
+        from medvision.errors import ConfigError
+
+        raise ConfigError(
+            f"{config} task", f"task {cfg.task!r} has no trainer in this version", "use task: classification"
+        )
+    from medvision.engine import train_classification
+
+    _setup_logging()
+    result = train_classification(cfg, resume=resume, progress=progress)
+    if result.run_id is not None:
+        typer.echo(
+            f"run {result.run_id}  model {result.model_uri or '(not registered)'}  weights {result.weights_source}"
+        )
+        typer.echo(
+            f"evidence in {result.output_dir / 'evidence'}; browse with: "
+            "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+        )
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(..., "--model", help="models:/name@alias, models:/name/VERSION or runs:/ID/model."),
+    data: Path = typer.Option(..., "--data", help="Datalist: CSV manifest, decathlon JSON or a dataset folder."),
+    data_format: str = typer.Option("csv", "--format", help="csv, decathlon, kermany or rsna."),
+    out: Path | None = typer.Option(None, "--out", help="Write metrics.json here."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the AUROC interval."),
+    skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Drop unreadable images."),
+) -> None:
+    """Evaluate a registered model on a datalist, at the operating point stored with the model."""
+    from medvision.engine import evaluate_registered
+
+    report = evaluate_registered(
+        model, data_format, data, out_dir=out, n_bootstraps=bootstrap, skip_unreadable=skip_unreadable
+    )
+    typer.echo(json.dumps(report))
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _mount_subcommands() -> None:

@@ -19,8 +19,14 @@ from tests.conftest import nibabel_file, pydicom_file, write_dicom
 
 runner = CliRunner()
 
-FILES = ["CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-         "JPGExtended.dcm", "693_J2KI.dcm"]
+FILES = [
+    "CT_small.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPGExtended.dcm",
+    "693_J2KI.dcm",
+]
 
 
 def _invoke(*args: str):
@@ -49,8 +55,14 @@ def test_inspect_json_gives_pydicom_values() -> None:
 def test_inspect_series_and_nifti(tmp_path, rng) -> None:
     uid = pydicom.uid.generate_uid()
     for k in range(4):
-        write_dicom(tmp_path / "s" / f"{k}.dcm", rng.integers(0, 100, (10, 12)).astype(np.uint16), modality="MR",
-                    series_uid=uid, position=(0, 0, 3.0 * k), instance_number=4 - k)
+        write_dicom(
+            tmp_path / "s" / f"{k}.dcm",
+            rng.integers(0, 100, (10, 12)).astype(np.uint16),
+            modality="MR",
+            series_uid=uid,
+            position=(0, 0, 3.0 * k),
+            instance_number=4 - k,
+        )
     result = _invoke("inspect", "--json", str(tmp_path / "s"), str(nibabel_file("anatomical.nii")))
     assert result.exit_code == 0, result.output
     series, nifti = (json.loads(line) for line in result.stdout.splitlines())

@@ -166,9 +166,7 @@ def decode_stored(ds: Any, path: PathLike, *, view_only: bool = False) -> np.nda
             ) from exc
         if not decoder.is_available:
             missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-            raise UnsupportedFormatError(
-                path, f"no decoder installed for {ts.name}", f"install {missing}"
-            )
+            raise UnsupportedFormatError(path, f"no decoder installed for {ts.name}", f"install {missing}")
     try:
         if view_only:
             from pydicom.pixels import pixel_array
@@ -366,8 +364,9 @@ def sort_slices(folder: PathLike, members: list[tuple[Path, Any]]) -> tuple[list
         if this_iop is None or not np.allclose(this_iop, iop, atol=1e-3):
             raise InputError(path, "slice orientation differs from the rest of the series", "split the series")
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
-            raise InputError(path, f"slice is {ds.Rows}x{ds.Columns}, the series {first.Rows}x{first.Columns}",
-                             "split the series")
+            raise InputError(
+                path, f"slice is {ds.Rows}x{ds.Columns}, the series {first.Rows}x{first.Columns}", "split the series"
+            )
         keyed.append((float(np.dot(ipp, normal)), path, ds, ipp))
     keyed.sort(key=lambda item: item[0])
     along = np.array([k[0] for k in keyed])
@@ -384,8 +383,9 @@ def sort_slices(folder: PathLike, members: list[tuple[Path, Any]]) -> tuple[list
     return [(k[1], k[2]) for k in keyed], positions, spacing
 
 
-def _lps_affine(iop: np.ndarray | None, origin: np.ndarray | None, spacing_rc: tuple[float, float],
-                slice_step: np.ndarray | None) -> np.ndarray:
+def _lps_affine(
+    iop: np.ndarray | None, origin: np.ndarray | None, spacing_rc: tuple[float, float], slice_step: np.ndarray | None
+) -> np.ndarray:
     """Affine from array index (x = column, y = row, z = slice) to LPS mm."""
     affine = np.eye(4)
     row_spacing, col_spacing = spacing_rc
@@ -508,8 +508,14 @@ class DicomReader(ImageReader):
                 return self._read_file(members[0][0])
             check_size(members[0][1], path, self.max_voxels, n_files=len(members))
             ordered, positions, spacing = sort_slices(path, members)
-            return DicomImage(path, [ds for _, ds in ordered], [p for p, _ in ordered], KIND_DICOM_SERIES,
-                              positions=positions, slice_spacing=spacing)
+            return DicomImage(
+                path,
+                [ds for _, ds in ordered],
+                [p for p, _ in ordered],
+                KIND_DICOM_SERIES,
+                positions=positions,
+                slice_spacing=spacing,
+            )
         return self._read_file(path)
 
     def _read_file(self, path: Path) -> DicomImage:
@@ -531,8 +537,7 @@ class DicomReader(ImageReader):
                 slices.append(to_brightness(decode_stored(ds, p)[0], ds, self.dtype))
             stack = np.stack(slices)
             origin = img.positions[0]
-            step = ((img.positions[-1] - img.positions[0]) / (len(img.positions) - 1)
-                    if len(img.positions) > 1 else None)
+            step = (img.positions[-1] - img.positions[0]) / (len(img.positions) - 1) if len(img.positions) > 1 else None
             meta["n_slices"] = len(img.datasets)
             meta["slice_spacing_mm"] = img.slice_spacing
             # All slices' instance UIDs are kept so a report can reference them.
@@ -563,17 +568,19 @@ class DicomReader(ImageReader):
         spatial_ndim = array.ndim - (1 if samples > 1 else 0)
         affine = _lps_affine(iop, origin, spacing_rc, step if spatial_ndim == 3 else None)
         affine[:2] *= -1  # LPS -> RAS, as MONAI's readers do by default
-        meta.update({
-            "kind": img.kind,
-            "path": str(img.source),
-            MetaKeys.AFFINE: affine,
-            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
-            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[:spatial_ndim]),
-            MetaKeys.SPACE: SpaceKeys.RAS,
-            MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if samples > 1 else float("nan"),
-            "spacing_mm": [spacing_rc[1], spacing_rc[0]] + ([meta.get("slice_spacing_mm") or 1.0]
-                                                           if spatial_ndim == 3 else []),
-        })
+        meta.update(
+            {
+                "kind": img.kind,
+                "path": str(img.source),
+                MetaKeys.AFFINE: affine,
+                MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+                MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[:spatial_ndim]),
+                MetaKeys.SPACE: SpaceKeys.RAS,
+                MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if samples > 1 else float("nan"),
+                "spacing_mm": [spacing_rc[1], spacing_rc[0]]
+                + ([meta.get("slice_spacing_mm") or 1.0] if spatial_ndim == 3 else []),
+            }
+        )
         return array, meta
 
 

@@ -91,8 +91,11 @@ def load_radiograph_tensor(
     check_size(ds, path, max_voxels)
     stored = decode_stored(ds, path, view_only=True)
     if stored.shape[0] != 1 or stored.ndim != 3:
-        raise InputError(path, f"expected a single-frame grey image, got pixel array {stored.shape}",
-                         "load multi-frame or colour images with medvision.io.load")
+        raise InputError(
+            path,
+            f"expected a single-frame grey image, got pixel array {stored.shape}",
+            "load multi-frame or colour images with medvision.io.load",
+        )
     stored = stored[0]
     lo, hi = float(stored.min()), float(stored.max())
     # area_resize returns a new tensor, so the scratch buffer is free again afterwards.
@@ -110,7 +113,12 @@ def load_radiograph_tensor(
         out = out * mask
     meta = normalised_meta(ds)
     spacing_rc = pixel_spacing(ds) or (1.0, 1.0)
-    meta.update({"path": str(path), "original_shape": [int(stored.shape[1]), int(stored.shape[0])],
-                 "spacing_mm": [spacing_rc[1], spacing_rc[0]]})
+    meta.update(
+        {
+            "path": str(path),
+            "original_shape": [int(stored.shape[1]), int(stored.shape[0])],
+            "spacing_mm": [spacing_rc[1], spacing_rc[0]],
+        }
+    )
     # (1, rows, cols) -> MONAI order (1, x = cols, y = rows)
     return out.transpose(-1, -2).contiguous(), meta

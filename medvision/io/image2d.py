@@ -54,8 +54,11 @@ class RadiographImageReader(PILReader):
             except (UnidentifiedImageError, OSError) as exc:
                 raise InputError(path, f"not a readable PNG/JPEG image ({exc})", "re-export the image") from exc
             if width * height > self.max_voxels:
-                raise SizeLimitError(path, f"image is {width}x{height} pixels, over the limit of {self.max_voxels:,}",
-                                     "raise max_voxels (--max-voxels) if the image is genuine")
+                raise SizeLimitError(
+                    path,
+                    f"image is {width}x{height} pixels, over the limit of {self.max_voxels:,}",
+                    "raise max_voxels (--max-voxels) if the image is genuine",
+                )
         return super().read(data, **kwargs)
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
@@ -66,15 +69,17 @@ class RadiographImageReader(PILReader):
             array = np.asarray(array, dtype=self.dtype)
         except OSError as exc:
             raise InputError(path, f"image data is truncated or corrupt ({exc})", "re-export the image") from exc
-        meta.update({
-            "kind": KIND_IMAGE,
-            "path": str(path),
-            "modality": "",
-            "photometric": "MONOCHROME2",
-            "study_uid": "",
-            "series_uid": "",
-            "spacing_mm": [1.0, 1.0],
-            "n_slices": 1,
-        })
+        meta.update(
+            {
+                "kind": KIND_IMAGE,
+                "path": str(path),
+                "modality": "",
+                "photometric": "MONOCHROME2",
+                "study_uid": "",
+                "series_uid": "",
+                "spacing_mm": [1.0, 1.0],
+                "n_slices": 1,
+            }
+        )
         meta.setdefault(MetaKeys.SPATIAL_SHAPE, np.asarray(array.shape[:2]))
         return array, meta

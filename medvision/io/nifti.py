@@ -67,13 +67,19 @@ class NiftiReader(NibabelReader):
             except FileNotFoundError as exc:
                 raise InputError(path, "file not found", "check the path") from exc
             except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
-                raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})",
-                                 "check the file; re-export it as .nii or .nii.gz") from exc
+                raise InputError(
+                    path,
+                    f"not a readable NIfTI file ({type(exc).__name__}: {exc})",
+                    "check the file; re-export it as .nii or .nii.gz",
+                ) from exc
             shape = tuple(int(s) for s in header.get_data_shape())
             voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
             if voxels > self.max_voxels:
-                raise SizeLimitError(path, f"header asks for {voxels:,} voxels {shape}, over the limit of "
-                                     f"{self.max_voxels:,}", "raise max_voxels (--max-voxels) if the volume is genuine")
+                raise SizeLimitError(
+                    path,
+                    f"header asks for {voxels:,} voxels {shape}, over the limit of {self.max_voxels:,}",
+                    "raise max_voxels (--max-voxels) if the volume is genuine",
+                )
             if voxels == 0:
                 raise InputError(path, f"header describes an empty volume {shape}", "re-export the file")
         return super().read(data, **kwargs)
@@ -84,30 +90,38 @@ class NiftiReader(NibabelReader):
         try:
             array, meta = super().get_data(img)
         except (OSError, EOFError, ValueError, Exception) as exc:  # noqa: BLE001 - gzip/zlib/struct errors
-            raise InputError(path, f"voxel data cannot be read ({type(exc).__name__}: {exc})",
-                             "the file is truncated or corrupt; re-export it") from exc
+            raise InputError(
+                path,
+                f"voxel data cannot be read ({type(exc).__name__}: {exc})",
+                "the file is truncated or corrupt; re-export it",
+            ) from exc
         array = np.asarray(array, dtype=self.dtype)
         finite = np.isfinite(array)
         if not finite.all():
             bad = int(array.size - np.count_nonzero(finite))
             if not self.allow_nonfinite or bad == array.size:
-                raise InputError(path, f"{bad:,} of {array.size:,} voxels are NaN or infinite",
-                                 "clean the volume (e.g. set NaN to 0) or pass allow_nonfinite=True")
+                raise InputError(
+                    path,
+                    f"{bad:,} of {array.size:,} voxels are NaN or infinite",
+                    "clean the volume (e.g. set NaN to 0) or pass allow_nonfinite=True",
+                )
             array = np.where(finite, array, 0).astype(array.dtype)
         affine = np.asarray(meta[MetaKeys.AFFINE])
         zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         n_spatial = len(meta[MetaKeys.SPATIAL_SHAPE])
-        meta.update({
-            "kind": KIND_NIFTI,
-            "path": str(path),
-            "modality": "",
-            "photometric": "",
-            "study_uid": "",
-            "series_uid": "",
-            "spacing_mm": [float(z) for z in zooms[:n_spatial]],
-            "n_slices": int(meta[MetaKeys.SPATIAL_SHAPE][2]) if n_spatial >= 3 else 1,
-            "orientation_code": "".join(_axcodes(affine)),
-        })
+        meta.update(
+            {
+                "kind": KIND_NIFTI,
+                "path": str(path),
+                "modality": "",
+                "photometric": "",
+                "study_uid": "",
+                "series_uid": "",
+                "spacing_mm": [float(z) for z in zooms[:n_spatial]],
+                "n_slices": int(meta[MetaKeys.SPATIAL_SHAPE][2]) if n_spatial >= 3 else 1,
+                "orientation_code": "".join(_axcodes(affine)),
+            }
+        )
         return array, meta
 
 

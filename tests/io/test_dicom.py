@@ -52,8 +52,15 @@ def test_values_equal_pydicom(name: str, family: str) -> None:
 
 @pytest.mark.parametrize(
     "variant",
-    ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-     "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm", "MR_small_padded.dcm"],
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_padded.dcm",
+    ],
 )
 def test_transfer_syntax_variants_of_mr_small_decode_identically(variant: str) -> None:
     reference, _ = load(pydicom_file("MR_small.dcm"))
@@ -98,9 +105,15 @@ def _write_series(folder, rng, n=6, order=None, series_uid=None, normal_sign=1.0
     order = order if order is not None else list(range(n))
     for file_index, k in enumerate(order):
         # InstanceNumber deliberately runs against the spatial order.
-        write_dicom(folder / f"slice{file_index:03d}.dcm", stored[k], modality="CT", series_uid=uid,
-                    position=(-10.0, 20.0, normal_sign * 2.5 * k + 100.0), instance_number=n - k,
-                    spacing=(0.8, 0.7))
+        write_dicom(
+            folder / f"slice{file_index:03d}.dcm",
+            stored[k],
+            modality="CT",
+            series_uid=uid,
+            position=(-10.0, 20.0, normal_sign * 2.5 * k + 100.0),
+            instance_number=n - k,
+            spacing=(0.8, 0.7),
+        )
     return stored, uid
 
 

@@ -15,8 +15,14 @@ from tests.conftest import pydicom_file, write_dicom
 
 
 def _stock(path, size=224):
-    chain = Compose([LoadImage(reader=PydicomReader(), image_only=True), EnsureChannelFirst(),
-                     ScaleIntensity(), Resize((size, size))])
+    chain = Compose(
+        [
+            LoadImage(reader=PydicomReader(), image_only=True),
+            EnsureChannelFirst(),
+            ScaleIntensity(),
+            Resize((size, size)),
+        ]
+    )
     return torch.as_tensor(np.asarray(chain(str(path))), dtype=torch.float32)
 
 

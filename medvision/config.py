@@ -1,0 +1,242 @@
+"""Experiment configuration: YAML validated by pydantic, ``--set a.b=c`` overrides, resolved YAML out.
+
+Unknown keys are errors, and every error names the key, the bad value and what is allowed.
+
+Example:
+    >>> cfg = parse_config({"task": "classification", "experiment": "x",
+    ...                     "data": {"format": "csv", "path": "m.csv"}}, overrides=["train.epochs=2"])
+    >>> cfg.train.epochs
+    2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medvision.errors import ConfigError
+
+INTENDED_USE_CXR = (
+    "Research and triage support: flags adult and paediatric frontal chest radiographs that may show "
+    "pneumonia so that a radiologist can read them first. Not a diagnosis; not for diagnostic use "
+    "without review by a radiologist."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Strict):
+    """How items are split into train, validation and test."""
+
+    by: Literal["patient", "given"] = "patient"
+    val: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation (affine and intensity)."""
+
+    enabled: bool = True
+    prob: float = Field(0.5, ge=0.0, le=1.0)
+    rotate_deg: float = Field(10.0, ge=0.0, le=45.0)
+    scale: float = Field(0.1, ge=0.0, le=0.5)
+    translate: float = Field(0.05, ge=0.0, le=0.3)
+    noise_std: float = Field(0.02, ge=0.0)
+    contrast: tuple[float, float] = (0.9, 1.1)
+
+
+class DataConfig(_Strict):
+    """Where the images are and how they become tensors."""
+
+    format: Literal["csv", "decathlon", "kermany", "rsna"] = "csv"
+    path: str
+    split: SplitConfig = SplitConfig()
+    image_size: int = Field(224, ge=16, le=2048)
+    keep_aspect: bool = True
+    cache_dir: str | None = ".cache/medvision"
+    skip_unreadable: bool = False
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(_Strict):
+    """Backbone, weights and input adaptation."""
+
+    backbone: str = "densenet121"
+    weights: str = "imagenet"
+    allow_random_fallback: bool = False
+    in_channels: int = Field(1, ge=1, le=4)
+    first_conv: Literal["sum", "replicate"] = "sum"
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from medvision.models import list_models
+
+        if value not in list_models():
+            raise ValueError(f"unknown backbone {value!r}; allowed: {', '.join(list_models())}")
+        return value
+
+
+class EarlyStopConfig(_Strict):
+    """Stop when the validation metric has not improved for ``patience`` epochs."""
+
+    metric: Literal["val_auroc"] = "val_auroc"
+    patience: int = Field(3, ge=1)
+
+
+class TrainConfig(_Strict):
+    """Optimisation, precision, checkpoints."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1.0e-4, gt=0.0)
+    weight_decay: float = Field(1.0e-4, ge=0.0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "none"] = "cosine"
+    amp: Literal["auto", "off", "bf16"] = "auto"
+    seed: int = 0
+    imbalance: Literal["pos_weight", "sampler", "none"] = "pos_weight"
+    warmup_frozen_epochs: int = Field(0, ge=0)
+    early_stop: EarlyStopConfig | None = EarlyStopConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "outputs"
+    max_batches_per_epoch: int | None = Field(None, ge=1)
+
+
+class EvaluateConfig(_Strict):
+    """Clinical evaluation on the held-out test split."""
+
+    operating_point: Literal["youden", "sensitivity"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0.0, le=1.0)
+    bootstrap: int = Field(1000, ge=0)
+
+
+class TrackingConfig(_Strict):
+    """MLflow: where, and under which registered name."""
+
+    uri: str | None = None
+    register_as: str | None = "pneumonia-classifier"
+    alias: str = "candidate"
+    required: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """One experiment, as written in ``configs/*.yaml``."""
+
+    task: Literal["classification", "detection"] = "classification"
+    experiment: str = "pneumonia"
+    intended_use: str = INTENDED_USE_CXR
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source} {dotted}", f"'{key}' is a value, not a section", "check the key path")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a copy of ``tree``."""
+    import copy
+
+    out = copy.deepcopy(tree)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}", "expected key=value", "write e.g. --set train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(out, key.strip(), value, "--set")
+    return out
+
+
+def _format_error(err: dict[str, Any]) -> tuple[str, str]:
+    key = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return key, "unknown key"
+    if kind == "missing":
+        return key, "required key is missing"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    message = err["msg"].removeprefix("Value error, ")
+    return key, f"bad value {shown}: {message}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    node: Any = model
+    for part in loc[:-1]:
+        field = node.model_fields.get(str(part)) if isinstance(node, type) and issubclass(node, BaseModel) else None
+        if field is None:
+            return ""
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        node = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if node is None:
+            return ""
+    return ", ".join(node.model_fields) if isinstance(node, type) else ""
+
+
+def parse_config(
+    tree: dict[str, Any], *, overrides: list[str] | None = None, source: str = "config"
+) -> ExperimentConfig:
+    """Validate a config mapping (after overrides) into an :class:`ExperimentConfig`."""
+    if not isinstance(tree, dict):
+        raise ConfigError(source, "the config must be a YAML mapping", "see configs/pneumonia_demo.yaml")
+    merged = apply_overrides(tree, overrides)
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        errors = exc.errors()
+        parts = []
+        for err in errors:
+            key, reason = _format_error(err)
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed_keys(ExperimentConfig, tuple(err["loc"]))
+                reason += f" (allowed here: {allowed})" if allowed else ""
+            parts.append(f"{key}: {reason}")
+        raise ConfigError(source, "; ".join(parts), "fix the key or value in the YAML or the --set override") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config file and validate it.
+
+    Raises:
+        ConfigError: naming the file, each bad key and what is allowed.
+    """
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            path, "config file not found", "pass a YAML file such as configs/pneumonia_demo.yaml"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"not valid YAML ({' '.join(str(exc).split())})", "fix the YAML syntax") from None
+    return parse_config(tree, overrides=overrides, source=str(path))
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (saved with every run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
