@@ -12,15 +12,20 @@ from pathlib import Path
 class MedvisionError(Exception):
     """Base class: ``where`` (a path or a config key), ``reason`` and ``fix``."""
 
-    def __init__(self, where: str | Path, reason: str, fix: str | None = None) -> None:
-        self.where = str(where)
-        self.reason = reason
+    def __init__(self, where: str | Path, reason: str | None = None, fix: str | None = None) -> None:
+        # A single argument is a whole message: that is how PyTorch's DataLoader workers rebuild an
+        # exception (``type(exc)(message)``), and the message must survive that trip.
+        self.where = str(where) if reason is not None else ""
+        self.reason = reason if reason is not None else str(where)
         self.fix = fix
         super().__init__(self.one_line())
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.where, self.reason, self.fix)) if self.where else (type(self), (self.reason,))
+
     def one_line(self) -> str:
         """The message as one line: ``<where>: <reason>[; <fix>]``."""
-        text = f"{self.where}: {self.reason}"
+        text = f"{self.where}: {self.reason}" if self.where else self.reason
         if self.fix:
             text += f"; {self.fix}"
         return " ".join(text.split())
