@@ -1,0 +1,633 @@
+"""The model registry: log a classifier as an MLflow model, load it back, say where it came from.
+
+How a model is stored. MLflow 3.17's ``mlflow.pytorch.log_model`` serialises with
+``torch.export`` (``serialization_format="pt2"``) by default outside Databricks: a traced graph,
+safe to load (no pickle) and servable without medvision installed. Its loaded form is a
+``torch.fx.GraphModule``, not a medvision ``Classifier`` (no ``feature_layer`` for Grad-CAM, and
+``.eval()`` raises). So :func:`log_classifier` also records the architecture in the model's
+metadata (``medvision_architecture``: backbone, in_channels, num_classes, first_conv,
+drop_rate) and :func:`load_classifier` rebuilds the ``Classifier`` from it and loads the
+graph's weights into it strictly. Any other ``nn.Module`` comes back as the exported graph.
+
+The export runs the model in eval mode on the CPU (a copy is moved there when the model is on a
+GPU). ``torch.export`` fixes a dimension of size 1, so an input example with batch size 1 is
+repeated to batch size 2 for the export: the logged graph takes any batch size.
+
+Which store. These functions use MLflow's global tracking URI (set by
+:class:`~medvision.tracking.run.RunTracker`). When none is set, or ``tracking_uri`` is given,
+they first set it to :func:`~medvision.tracking.store.resolve_tracking_uri` of that value, so a
+fresh process finds the same embedded store as ``medvision train``.
+
+Example:
+    >>> with RunTracker(uri, "pneumonia") as run:  # doctest: +SKIP
+    ...     info = log_classifier(model, input_example=np.zeros((1, 1, 224, 224), np.float32),
+    ...                           metadata=metadata, registered_name="pneumonia-classifier")
+    >>> model, metadata = load_classifier("models:/pneumonia-classifier@candidate")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from medvision.errors import TrackingError
+from medvision.tracking.store import redact_uri, resolve_tracking_uri
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+    from mlflow import MlflowClient
+
+    from medvision.tracking.phi import PhiGuard
+
+__all__ = [
+    "ARCHITECTURE_KEY",
+    "DEFAULT_ALIASES",
+    "MODEL_NAME",
+    "load_classifier",
+    "load_state_dict_from_uri",
+    "log_classifier",
+    "model_provenance",
+    "parse_model_uri",
+    "resolve_model_uri",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The artifact name of the model inside its run (``runs:/<run_id>/model``).
+MODEL_NAME = "model"
+#: Metadata key under which :func:`log_classifier` records how to rebuild a medvision Classifier.
+ARCHITECTURE_KEY = "medvision_architecture"
+#: Aliases :func:`resolve_model_uri` tries, in order.
+DEFAULT_ALIASES = ("champion", "candidate")
+
+_TRAIN_FIX = "train and register a model first (`medvision train` with tracking.register_as set)"
+_READY = "READY"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _use_store(tracking_uri: str | None) -> str:
+    """Point MLflow at ``tracking_uri`` (or at medvision's default when nothing is set); return it."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    elif not mlflow.is_tracking_uri_set():
+        mlflow.set_tracking_uri(resolve_tracking_uri(None))
+    return str(mlflow.get_tracking_uri())
+
+
+def _client() -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _not_found(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+@contextmanager
+def _mlflow_errors(where: str, action: str, fix: str | None = None) -> Iterator[None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except TrackingError:
+        raise
+    except MlflowException as exc:
+        raise TrackingError(where, f"MLflow refused to {action}: {_first_line(exc)}", fix) from exc
+    except OSError as exc:
+        raise TrackingError(where, f"could not {action}: {type(exc).__name__}: {exc}", fix) from exc
+
+
+def parse_model_uri(uri: str) -> dict[str, str | None]:
+    """Split a model URI into its parts.
+
+    Args:
+        uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``models:/m-<id>``
+            (an MLflow 3 logged-model id), ``runs:/RUN_ID/PATH``, or anything else (a path).
+
+    Returns:
+        ``{"kind", "name", "alias", "version", "run_id", "path", "model_id"}``; ``kind`` is
+        ``"alias"``, ``"version"``, ``"latest"``, ``"stage"``, ``"model_id"``, ``"run"`` or ``"other"``.
+
+    Example:
+        >>> parse_model_uri("models:/pneumonia@champion")["alias"]
+        'champion'
+        >>> parse_model_uri("runs:/0123abcd/model")["run_id"]
+        '0123abcd'
+    """
+    parts: dict[str, str | None] = dict.fromkeys(("kind", "name", "alias", "version", "run_id", "path", "model_id"))
+    parts["kind"] = "other"
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/") :].strip("/")
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            parts.update(kind="alias", name=name, alias=alias)
+        elif "/" in rest:
+            name, version = rest.rsplit("/", 1)
+            if version.isdigit():
+                parts.update(kind="version", name=name, version=version)
+            elif version.lower() == "latest":
+                parts.update(kind="latest", name=name)
+            else:
+                parts.update(kind="stage", name=name, alias=version)
+        else:
+            parts.update(kind="model_id", model_id=rest)
+    elif uri.startswith("runs:/"):
+        rest = uri[len("runs:/") :].strip("/")
+        run_id, _, path = rest.partition("/")
+        parts.update(kind="run", run_id=run_id, path=path or MODEL_NAME)
+    return parts
+
+
+def _available(client: MlflowClient, name: str) -> str:
+    """``aliases: champion -> v2, candidate -> v3; versions: 1, 2, 3`` for a registered model."""
+    try:
+        registered = client.get_registered_model(name)
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except Exception:  # only decorates an error message
+        return ""
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(dict(registered.aliases or {}).items()))
+    return f"aliases: {aliases or 'none'}; versions: {', '.join(map(str, versions)) or 'none'}"
+
+
+def _missing_model(client: MlflowClient, uri: str, name: str, store: str) -> TrackingError:
+    try:
+        others = [m.name for m in client.search_registered_models(max_results=10)]
+    except Exception:  # only decorates an error message
+        others = []
+    known = f" (registered models: {', '.join(others)})" if others else " (no models are registered there)"
+    return TrackingError(
+        uri, f"there is no registered model {name!r} in the tracking store {redact_uri(store)}{known}", _TRAIN_FIX
+    )
+
+
+def _registered_exists(client: MlflowClient, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return False
+        raise
+    return True
+
+
+def _version_for(client: MlflowClient, uri: str, store: str) -> Any:
+    """The :class:`ModelVersion` a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI names."""
+    from mlflow.exceptions import MlflowException
+
+    parts = parse_model_uri(uri)
+    name = str(parts["name"])
+    with _mlflow_errors(uri, "look up the registered model"):
+        if not _registered_exists(client, name):
+            raise _missing_model(client, uri, name, store)
+        try:
+            if parts["kind"] == "alias":
+                return client.get_model_version_by_alias(name, str(parts["alias"]))
+            if parts["kind"] == "version":
+                return client.get_model_version(name, str(parts["version"]))
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise TrackingError(uri, f"the registered model {name!r} has no versions", _TRAIN_FIX)
+            return max(versions, key=lambda v: int(v.version))
+        except MlflowException as exc:
+            if not _not_found(exc) and getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
+                raise
+            what = f"alias {parts['alias']!r}" if parts["kind"] == "alias" else f"version {parts['version']}"
+            available = _available(client, name)
+            if parts["kind"] == "alias":
+                fix = (
+                    f"use one of the aliases or versions listed, or promote a version to {parts['alias']!r}"
+                    f" (MlflowClient().set_registered_model_alias({name!r}, {parts['alias']!r}, VERSION))"
+                )
+            else:
+                fix = "use one of the aliases or versions listed"
+            raise TrackingError(
+                uri, f"the registered model {name!r} has no {what}" + (f" ({available})" if available else ""), fix
+            ) from exc
+
+
+def _pinned(uri: str, store: str) -> tuple[str, Any]:
+    """``(uri, version)``: a registry alias or ``latest`` resolved once to ``models:/NAME/VERSION``.
+
+    Resolving first means the metadata and the weights come from the same version even if the
+    alias moves in between. Other URIs come back unchanged, with ``version`` ``None``.
+    """
+    parts = parse_model_uri(uri)
+    if parts["kind"] in ("alias", "version", "latest"):
+        version = _version_for(_client(), uri, store)
+        return f"models:/{version.name}/{version.version}", version
+    return uri, None
+
+
+def _unwrap(model: Any) -> Any:
+    """The plain module inside DistributedDataParallel / DataParallel / ``torch.compile``."""
+    for _ in range(4):
+        wrapper = type(model).__name__ in ("DistributedDataParallel", "DataParallel")
+        inner = getattr(model, "_orig_mod", None) or (getattr(model, "module", None) if wrapper else None)
+        if inner is None:
+            return model
+        model = inner
+    return model
+
+
+def _architecture(model: Any) -> dict[str, Any] | None:
+    """How to rebuild a medvision Classifier (``None`` for other modules)."""
+    from medvision.models.classifier import Classifier
+
+    if not isinstance(model, Classifier):
+        return None
+    return {
+        "class": "medvision.models.Classifier",
+        "backbone": model.spec.name,
+        "in_channels": int(model.in_channels),
+        "num_classes": int(model.num_classes),
+        "first_conv": "replicate" if model.repeat_input else "sum",
+        "drop_rate": float(model.drop_rate),
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _plain_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` as plain JSON types (tuples become lists), as MLflow's YAML can store them."""
+    try:
+        return json.loads(json.dumps(dict(metadata), default=_json_default))
+    except (TypeError, ValueError) as exc:
+        raise TrackingError(
+            "metadata", f"is not JSON-serialisable ({exc})", "pass strings, numbers, lists and dicts"
+        ) from exc
+
+
+def _default_requirements(serialization_format: str) -> list[str]:
+    # torch.__version__ carries a local build tag (e.g. "2.14.1+cu130") that the installed
+    # distribution's version ("2.14.1") does not; pinning it would make every load warn.
+    requirements = [f"torch=={importlib.metadata.version('torch')}"]
+    if serialization_format == "pickle":
+        import medvision
+
+        requirements.append(f"medvision=={medvision.__version__}")
+    return requirements
+
+
+def _wait_ready(client: MlflowClient, name: str, version: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + max(timeout_s, 0.0)
+    while True:
+        current = client.get_model_version(name, version)
+        status = str(current.status)
+        if status == _READY:
+            return
+        if status == "FAILED_REGISTRATION":
+            raise TrackingError(
+                f"models:/{name}/{version}",
+                f"registration failed ({current.status_message or 'no message'})",
+                "check the tracking server's log and log the model again",
+            )
+        if time.monotonic() >= deadline:
+            raise TrackingError(
+                f"models:/{name}/{version}",
+                f"the model version is still {status} after {timeout_s:.0f} s",
+                "check the tracking server, then set the alias by hand once it is READY",
+            )
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+def log_classifier(
+    model: torch.nn.Module,
+    *,
+    input_example: np.ndarray,
+    metadata: Mapping[str, Any],
+    registered_name: str,
+    alias: str = "candidate",
+    pip_requirements: Sequence[str] | None = None,
+    serialization_format: Literal["pt2", "pickle"] = "pt2",
+    phi_guard: PhiGuard | None = None,
+    await_ready_s: float = 300.0,
+) -> dict[str, Any]:
+    """Log ``model`` in the active run, register it as a new version of ``registered_name``, alias it.
+
+    The model is logged as ``model`` in the run with a signature inferred from ``input_example``
+    and the model's output on it, and with ``metadata`` (plus ``medvision_architecture`` for a
+    medvision Classifier). The new version gets the alias (default ``candidate``; a reviewer
+    promotes one to ``champion``) and the tags ``run_id``, ``intended_use`` and
+    ``weights_source`` (from ``metadata``, ``"not recorded"`` when absent).
+
+    The input example is stored with the model: pass a synthetic array of the right shape
+    (zeros), not a patient's image.
+
+    Args:
+        model: The trained module (a medvision Classifier or any ``nn.Module`` taking one tensor).
+            It is logged in eval mode; its training mode is restored afterwards.
+        input_example: One input batch, e.g. ``np.zeros((1, 1, 224, 224), np.float32)``.
+        metadata: JSON-able facts the model needs at inference time and in reports (backbone,
+            in_channels, image_size, keep_aspect, mean, std, temperature, threshold,
+            operating_point, intended_use, weights_source, medvision_version, task).
+        registered_name: The registered model's name (``tracking.register_as``).
+        alias: The alias the new version gets.
+        pip_requirements: The model's requirements; default: the installed torch (and medvision
+            for pickled models). Given explicitly so that MLflow does not infer them (slow).
+        serialization_format: ``"pt2"`` (``torch.export``, MLflow's default) or ``"pickle"``.
+        phi_guard: Refuse metadata or a name that contains a patient identifier.
+        await_ready_s: How long to wait for the version to become READY.
+
+    Returns:
+        ``{"name", "version", "model_uri", "alias", "alias_uri", "run_id", "model_id"}``;
+        ``model_uri`` is ``models:/NAME/VERSION``, ``version`` an int.
+
+    Raises:
+        TrackingError: Without an active run, on a patient identifier, or when MLflow refuses.
+    """
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError(
+            "log_classifier", "there is no active MLflow run", "log the model inside `with RunTracker(...) as run:`"
+        )
+    run_id = run.info.run_id
+    module = _unwrap(model)
+    if not isinstance(module, torch.nn.Module):
+        raise TrackingError("log_classifier", f"expected a torch.nn.Module, got {type(model).__name__}", None)
+    plain = _plain_metadata(metadata)
+    architecture = _architecture(module)
+    if architecture is not None:
+        plain.setdefault(ARCHITECTURE_KEY, architecture)
+    if phi_guard is not None:
+        phi_guard.check(registered_name, "tracking.register_as", what="the model name")
+        phi_guard.check(json.dumps(plain, ensure_ascii=False), f"models:/{registered_name} metadata")
+
+    example = np.asarray(input_example)
+    if example.dtype.kind == "f" and example.dtype != np.float32:
+        example = example.astype(np.float32)
+    if serialization_format == "pt2" and example.ndim >= 1 and example.shape[0] == 1:
+        example = np.concatenate([example, example])  # a size-1 batch would be fixed by torch.export
+
+    on_cpu = all(t.device.type == "cpu" for t in [*module.parameters(), *module.buffers()])
+    target = module if on_cpu else copy.deepcopy(module).cpu()
+    was_training = target.training
+    target.eval()
+    try:
+        with torch.no_grad():
+            output = target(torch.from_numpy(example))
+        if isinstance(output, tuple | list):
+            output = output[0]
+        signature = infer_signature(example, output.detach().cpu().numpy())
+        requirements = list(pip_requirements) if pip_requirements is not None else _default_requirements(
+            serialization_format
+        )
+        with _mlflow_errors(f"models:/{registered_name}", "log and register the model"):
+            info = mlflow.pytorch.log_model(
+                target,
+                name=MODEL_NAME,
+                signature=signature,
+                input_example=example,
+                metadata=plain,
+                registered_model_name=registered_name,
+                pip_requirements=requirements,
+                serialization_format=serialization_format,
+                await_registration_for=int(await_ready_s),
+            )
+    finally:
+        target.train(was_training)
+
+    version = str(info.registered_model_version)
+    client = _client()
+    with _mlflow_errors(f"models:/{registered_name}/{version}", "alias and tag the model version"):
+        _wait_ready(client, registered_name, version, await_ready_s)
+        client.set_registered_model_alias(registered_name, alias, version)
+        tags = {
+            "run_id": run_id,
+            "intended_use": str(plain.get("intended_use") or "not recorded"),
+            "weights_source": str(plain.get("weights_source") or "not recorded"),
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, version, key, value)
+    logger.info("Registered %s version %s (alias %s) from run %s", registered_name, version, alias, run_id)
+    return {
+        "name": registered_name,
+        "version": int(version),
+        "model_uri": f"models:/{registered_name}/{version}",
+        "alias": alias,
+        "alias_uri": f"models:/{registered_name}@{alias}",
+        "run_id": run_id,
+        "model_id": getattr(info, "model_id", None),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _rebuild(architecture: Mapping[str, Any], loaded: torch.nn.Module, uri: str) -> torch.nn.Module:
+    """A medvision Classifier built from ``architecture`` with the weights of ``loaded``."""
+    from medvision.models import create_model
+    from medvision.models.weights import load_state_dict_exact
+
+    model = create_model(
+        str(architecture["backbone"]),
+        weights="none",
+        in_channels=int(architecture.get("in_channels", 1)),
+        num_classes=int(architecture.get("num_classes", 1)),
+        first_conv=architecture.get("first_conv", "sum"),
+        drop_rate=float(architecture.get("drop_rate", 0.0)),
+    )
+    load_state_dict_exact(
+        model,
+        loaded.state_dict(),
+        where=uri,
+        what=f"{architecture['backbone']} classifier recorded in the model's metadata",
+        fix="log the model again with medvision.tracking.log_classifier",
+    )
+    model.weights_source = f"mlflow:{uri}"
+    return model.eval()
+
+
+def _load(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """``(module, metadata, pinned_uri)``."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    store = _use_store(tracking_uri)
+    pinned, _version = _pinned(uri, store)
+    try:
+        metadata = dict(get_model_info(pinned).metadata or {})
+        with tempfile.TemporaryDirectory(prefix="medvision-model-") as folder:
+            # map_location/weights_only reach torch.load for pickled models only; a pt2 graph ignores them.
+            module = mlflow.pytorch.load_model(pinned, dst_path=folder, map_location="cpu", weights_only=False)
+    except MlflowException as exc:
+        parts = parse_model_uri(uri)
+        if parts["kind"] == "run":
+            reason = f"run {parts['run_id']} has no model {parts['path']!r} in {redact_uri(store)} ({_first_line(exc)})"
+            raise TrackingError(uri, reason, f"check the run id and path, or {_TRAIN_FIX}") from exc
+        raise TrackingError(uri, f"the model cannot be loaded: {_first_line(exc)}", _TRAIN_FIX) from exc
+    except OSError as exc:
+        raise TrackingError(uri, f"the model cannot be loaded: {type(exc).__name__}: {exc}", _TRAIN_FIX) from exc
+    architecture = metadata.get(ARCHITECTURE_KEY)
+    if isinstance(architecture, Mapping) and architecture.get("backbone"):
+        return _rebuild(architecture, module, pinned), metadata, pinned
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # an exported graph: it was exported in eval mode and cannot switch
+    return module, metadata, pinned
+
+
+def load_classifier(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a logged model on the CPU, in eval mode, with its metadata.
+
+    An alias is resolved to its version once, so the weights and the metadata belong together.
+    A medvision Classifier is rebuilt from ``medvision_architecture`` (see the module notes);
+    its ``weights_source`` becomes ``mlflow:<uri>``.
+
+    Args:
+        uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` or
+            ``runs:/RUN_ID/model``.
+        tracking_uri: The store to read (default: MLflow's current one, else medvision's default).
+
+    Returns:
+        ``(module, metadata)``.
+
+    Raises:
+        TrackingError: If the model, alias, version or run does not exist (the message lists the
+            aliases and versions there are), or cannot be loaded.
+        WeightsError: If the stored weights do not fit the recorded architecture.
+    """
+    module, metadata, _ = _load(uri, tracking_uri)
+    return module, metadata
+
+
+def load_state_dict_from_uri(uri: str) -> dict[str, torch.Tensor]:
+    """The state dict of a logged model, for ``model.weights: models:/...`` in a config.
+
+    Args:
+        uri: A model URI, as for :func:`load_classifier`.
+
+    Returns:
+        Parameter and buffer names to CPU tensors (detached copies).
+
+    Raises:
+        TrackingError: As :func:`load_classifier`.
+    """
+    module, _ = load_classifier(uri)
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+def resolve_model_uri(
+    name: str, aliases: Sequence[str] = DEFAULT_ALIASES, *, tracking_uri: str | None = None
+) -> str:
+    """``models:/NAME@ALIAS`` for the first of ``aliases`` that the registered model has.
+
+    A value that already is a model URI (``models:/...``, ``runs:/...``) is returned unchanged.
+
+    Args:
+        name: The registered model's name.
+        aliases: Aliases to try, in order (default ``champion``, then ``candidate``).
+        tracking_uri: The store to read (default: MLflow's current one, else medvision's default).
+
+    Returns:
+        The URI.
+
+    Raises:
+        TrackingError: If the model does not exist or has none of the aliases.
+    """
+    if name.startswith(("models:/", "runs:/")):
+        return name
+    store = _use_store(tracking_uri)
+    client = _client()
+    with _mlflow_errors(name, "look up the registered model"):
+        if not _registered_exists(client, name):
+            raise _missing_model(client, f"models:/{name}", name, store)
+        present = dict(client.get_registered_model(name).aliases or {})
+    for alias in aliases:
+        if alias in present:
+            return f"models:/{name}@{alias}"
+    available = _available(client, name)
+    raise TrackingError(
+        f"models:/{name}",
+        f"the registered model has none of the aliases {', '.join(aliases)}" + (f" ({available})" if available else ""),
+        f"give a version (models:/{name}/VERSION) or promote one"
+        f" (MlflowClient().set_registered_model_alias({name!r}, {aliases[0]!r}, VERSION))"
+        if aliases
+        else _TRAIN_FIX,
+    )
+
+
+def model_provenance(uri: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Where a model came from, for reports.
+
+    Args:
+        uri: A model URI, as for :func:`load_classifier`.
+        tracking_uri: The store to read.
+
+    Returns:
+        ``{"name", "version", "alias", "aliases", "run_id", "uri", "model_uri", "source",
+        "tracking_uri"}``: ``uri`` is what was asked for, ``model_uri`` the pinned
+        ``models:/NAME/VERSION`` (or ``uri``), ``source`` where MLflow stores the version's files,
+        ``aliases`` every alias the version has now. Unknown fields are ``None``.
+
+    Raises:
+        TrackingError: If the model, alias or version does not exist.
+    """
+    store = _use_store(tracking_uri)
+    parts = parse_model_uri(uri)
+    info: dict[str, Any] = {
+        "name": parts["name"],
+        "version": None,
+        "alias": parts["alias"] if parts["kind"] == "alias" else None,
+        "aliases": [],
+        "run_id": parts["run_id"],
+        "uri": uri,
+        "model_uri": uri,
+        "source": None,
+        "tracking_uri": redact_uri(store),
+    }
+    version = None
+    if parts["kind"] in ("alias", "version", "latest"):
+        _, version = _pinned(uri, store)
+    elif parts["kind"] == "run" and parts["run_id"]:
+        with _mlflow_errors(uri, "look up the model versions of the run"):
+            found = _client().search_model_versions(f"run_id='{parts['run_id']}'")
+        if len(found) == 1:
+            version = found[0]
+    if version is not None:
+        info.update(
+            name=version.name,
+            version=int(version.version),
+            aliases=sorted(getattr(version, "aliases", []) or []),
+            run_id=version.run_id or info["run_id"],
+            model_uri=f"models:/{version.name}/{version.version}",
+            source=version.source,
+        )
+    return info
