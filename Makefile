@@ -10,7 +10,7 @@ DEMO_DIR ?= data/demo
 # pip prints one warning per local package index it cannot use; they are noise here.
 PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install demo demo-data test test-slow lint bench bench-io clean
+.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo-data: install
 
 demo: demo-data
 	$(BIN)/medvision inspect $(DEMO_DIR)/mri/dicom/BRAIN_001 $(DEMO_DIR)/mri/imagesTr/BRAIN_001.nii.gz
+	$(BIN)/medvision train configs/pneumonia_demo.yaml --set data.path=$(DEMO_DIR)/cxr/manifest.csv
+	$(BIN)/medvision demo-data --out $(DEMO_DIR)-external --seed 1 --cxr-patients 40 --mri-volumes 0 > /dev/null
+	@echo "evaluating the registered model on an external demo set (seed 1, patients never seen in training):"
+	$(BIN)/medvision evaluate --model models:/pneumonia-classifier@candidate --data $(DEMO_DIR)-external/cxr/manifest.csv --out outputs/pneumonia-demo/external
+	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (runs, evidence, registered model)"
 
 lint: install
 	$(BIN)/ruff check medvision tests benchmarks pipelines
@@ -39,7 +44,10 @@ test-slow: install
 bench-io: install
 	$(BIN)/python benchmarks/bench_io.py
 
-bench: bench-io
+bench-train: install
+	$(BIN)/python benchmarks/bench_train.py
+
+bench: bench-io bench-train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/demo

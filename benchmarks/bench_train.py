@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import write_radiograph  # noqa: E402
 
 from medvision.data import classification_transforms, make_dataset, transform_digest  # noqa: E402
+from medvision.data.augment import BatchAugment  # noqa: E402
 from medvision.models import create_model  # noqa: E402
 
 
@@ -62,9 +64,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2500)
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--per-sample-augment",
+        action="store_true",
+        help="MONAI per-sample random transforms in the workers instead of batched on the device",
+    )
+    parser.add_argument("--unique", type=int, default=16, help="distinct radiographs written; the rest are copies")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     bf16 = device.type == "cuda"
     model = create_model(args.backbone, weights="none", in_channels=1, num_classes=1).to(device).train()
     if device.type == "cuda":
@@ -75,7 +86,8 @@ def main() -> None:
     # (a) the network alone
     x = torch.randn(args.batch_size, 1, args.image_size, args.image_size)
     y = torch.randint(0, 2, (args.batch_size,))
-    step(x, y)
+    for _ in range(3):  # warm-up: allocator, cuDNN autotuning
+        step(x, y)
     _sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -89,27 +101,47 @@ def main() -> None:
         items = []
         for i in range(n):
             path = Path(tmp) / f"cxr{i:04d}.dcm"
-            write_radiograph(path, rng, rows=args.rows, cols=args.cols)
+            if i < args.unique:
+                write_radiograph(path, rng, rows=args.rows, cols=args.cols)
+            else:  # copies decode exactly like the originals and save minutes of writing
+                shutil.copyfile(Path(tmp) / f"cxr{i % args.unique:04d}.dcm", path)
             items.append({"image": str(path), "label": int(i % 2)})
         pre = model.preprocessing
         mean, std = float(np.mean(pre["mean"])), float(np.mean(pre["std"]))
-        tf = classification_transforms(image_size=args.image_size, keep_aspect=True, mean=mean, std=std, train=True)
+        # As training does by default: deterministic, cached loading; augmentation batched on the device.
+        tf = classification_transforms(
+            image_size=args.image_size, keep_aspect=True, mean=mean, std=std, train=args.per_sample_augment
+        )
+        augment = None if args.per_sample_augment else BatchAugment(std=std)
+        aug_generator = torch.Generator(device=device).manual_seed(0)
         digest = transform_digest(image_size=args.image_size, keep_aspect=True, mean=mean, std=std)
         ds = make_dataset(items, tf, cache_dir=Path(tmp) / "cache", settings_digest=digest)
-        loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                            persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            ds,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+            pin_memory=device.type == "cuda",
+        )
         rates = []
         for _epoch in range(3):
             _sync(device)
             start = time.perf_counter()
             for batch in loader:
-                step(batch["image"], torch.as_tensor(batch["label"]))
+                images = batch["image"].to(device, non_blocking=True)
+                if augment is not None:
+                    images = augment(images, aug_generator)
+                step(images, torch.as_tensor(batch["label"]))
             _sync(device)
             rates.append(n / (time.perf_counter() - start))
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"{args.backbone}, {args.image_size} px, batch {args.batch_size}, {n} images of {args.cols}x{args.rows} "
-          f"16-bit DICOM, workers {args.workers}, {'bf16+channels_last' if bf16 else 'fp32'}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"{args.backbone}, {args.image_size} px, batch {args.batch_size}, {n} images of {args.cols}x{args.rows} "
+        f"16-bit DICOM, workers {args.workers}, {'bf16+channels_last' if bf16 else 'fp32'}, augmentation "
+        f"{'per sample (MONAI, workers)' if args.per_sample_augment else 'batched on the device'}"
+    )
     print(f"{'(a) model alone, tensors in memory':<52}{model_only:>10.1f} img/s")
     print(f"{'(b) full step from DICOM, first epoch (cold cache)':<52}{rates[0]:>10.1f} img/s")
     print(f"{'(b) full step, cached epochs':<52}{np.mean(rates[1:]):>10.1f} img/s")

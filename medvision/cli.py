@@ -90,15 +90,21 @@ def inspect(
 def demo_data(
     out: Path = typer.Option(Path("data/demo"), "--out", help="Folder to write the demo data set into."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same files."),
-    cxr_patients: int = typer.Option(60, "--cxr-patients", help="Number of chest radiograph patients."),
+    cxr_patients: int = typer.Option(200, "--cxr-patients", help="Number of chest radiograph patients."),
     mri_volumes: int = typer.Option(40, "--mri-volumes", help="Number of brain MRI volumes."),
+    mri_dicom: int = typer.Option(4, "--mri-dicom", help="How many of the MRI volumes are also written as DICOM."),
 ) -> None:
     """Write the embedded demo data set (chest radiographs as DICOM, brain MRI as NIfTI and DICOM)."""
     from medvision.demo import write_demo_data
 
     start = time.perf_counter()
     inventory = write_demo_data(
-        out, seed, n_cxr_patients=cxr_patients, n_mri=mri_volumes, progress=lambda msg: typer.echo(f"  {msg}", err=True)
+        out,
+        seed,
+        n_cxr_patients=cxr_patients,
+        n_mri=mri_volumes,
+        n_mri_dicom=min(mri_dicom, mri_volumes),
+        progress=lambda msg: typer.echo(f"  {msg}", err=True),
     )
     typer.echo(f"demo data written to {out} in {time.perf_counter() - start:.1f} s")
     typer.echo(json.dumps(inventory, indent=2, default=str))

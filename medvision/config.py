@@ -40,9 +40,15 @@ class SplitConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Training-time augmentation (affine and intensity)."""
+    """Training-time augmentation (affine and intensity).
+
+    ``where: batch`` (default) runs it batched on the training device after the cached pipeline
+    (:class:`medvision.data.augment.BatchAugment`); ``where: sample`` uses MONAI's per-sample random
+    transforms in the DataLoader workers.
+    """
 
     enabled: bool = True
+    where: Literal["batch", "sample"] = "batch"
     prob: float = Field(0.5, ge=0.0, le=1.0)
     rotate_deg: float = Field(10.0, ge=0.0, le=45.0)
     scale: float = Field(0.1, ge=0.0, le=0.5)

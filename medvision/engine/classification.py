@@ -178,8 +178,12 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
     ctx: DistContext,
     amp: str,
+    augment: Any = None,
+    aug_generator: torch.Generator | None = None,
 ) -> float:
     images = batch["image"].to(ctx.device, non_blocking=True)
+    if augment is not None:
+        images = augment(images, aug_generator)
     if ctx.device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.as_tensor(batch["label"], dtype=torch.float32, device=ctx.device).reshape(-1, 1)
@@ -247,6 +251,7 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
         split_summary,
         transform_digest,
     )
+    from medvision.data.augment import BatchAugment
     from medvision.models import create_model
     from medvision.tracking import (
         PhiGuard,
@@ -293,21 +298,27 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
             progress=ctx.is_main,
         )
         weights_source = model.weights_source
-        if ctx.is_main:
+        if ctx.is_main and weights_source.startswith("random-init"):
+            log.warning("weights are a RANDOM INITIALISATION, not ImageNet (%s); tagged weights_source", weights_source)
+        elif ctx.is_main:
             log.info("weights source: %s", weights_source)
         pre = model.preprocessing
         mean, std = float(np.mean(pre["mean"])), float(np.mean(pre["std"]))
         settings = transform_digest(
             image_size=cfg.data.image_size, keep_aspect=cfg.data.keep_aspect, mean=mean, std=std
         )
+        aug_settings = cfg.data.augment.model_dump(exclude={"where"})
+        per_sample = cfg.data.augment.where == "sample"
+        # Batched augmentation on the device keeps the loader deterministic: train shares the eval cache.
         tf_train = classification_transforms(
             image_size=cfg.data.image_size,
             keep_aspect=cfg.data.keep_aspect,
             mean=mean,
             std=std,
-            train=True,
-            augment=cfg.data.augment.model_dump(),
+            train=per_sample,
+            augment=aug_settings,
         )
+        batch_augment = None if per_sample else BatchAugment(aug_settings, std=std)
         tf_eval = classification_transforms(
             image_size=cfg.data.image_size, keep_aspect=cfg.data.keep_aspect, mean=mean, std=std, train=False
         )
@@ -333,6 +344,7 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
             )
 
         generator = torch.Generator()
+        aug_generator = torch.Generator(device=ctx.device)
         if ctx.distributed:
             sampler: Any = DistributedSampler(
                 datasets["train"], num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.train.seed
@@ -428,6 +440,7 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
                 epoch_seed = cfg.train.seed * 10_007 + epoch
                 torch.manual_seed(epoch_seed)
                 generator.manual_seed(epoch_seed)
+                aug_generator.manual_seed(epoch_seed)
                 np.random.seed(epoch_seed % 2**32)
                 tf_train.set_random_state(seed=epoch_seed % 2**32)
                 if isinstance(sampler, DistributedSampler):
@@ -450,7 +463,7 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
                 for step, batch in enumerate(batches):
                     if step >= n_batches:
                         break
-                    loss = _train_step(net, batch, loss_fn, optimizer, ctx, cfg.train.amp)
+                    loss = _train_step(net, batch, loss_fn, optimizer, ctx, cfg.train.amp, batch_augment, aug_generator)
                     if not math.isfinite(loss):
                         where = str(last_path if last_path.exists() else ckpt_dir)
                         raise TrainingError(

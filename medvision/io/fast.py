@@ -89,7 +89,9 @@ def load_radiograph_tensor(
     """
     ds = read_dataset(path)
     check_size(ds, path, max_voxels)
-    stored = decode_stored(ds, path, view_only=True)
+    # A zero-copy view is possible only when no unused high bits need masking.
+    bits_equal = int(ds.get("BitsStored", 16) or 16) == int(ds.get("BitsAllocated", 16) or 16)
+    stored = decode_stored(ds, path, view_only=bits_equal)
     if stored.shape[0] != 1 or stored.ndim != 3:
         raise InputError(
             path,
