@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medvision-installed
 DEMO_DIR ?= data/demo
 # pip prints one warning per local package index it cannot use; they are noise here.
-PIP_FILTER := grep -v -e "is ignored: it is neither a file nor a directory" || true
+# (braces keep pip's own exit status under pipefail: grep finding nothing to print is not a failure)
+PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean
 
