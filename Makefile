@@ -7,11 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medvision-installed
 DEMO_DIR ?= data/demo
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR ?= mlflow-server
 # pip prints one warning per local package index it cannot use; they are noise here.
 # (braces keep pip's own exit status under pipefail: grep finding nothing to print is not a failure)
 PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean
+.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean mlflow-server
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,14 @@ demo: demo-data
 	@echo "evaluating the registered model on an external demo set (seed 1, patients never seen in training):"
 	$(BIN)/medvision evaluate --model models:/pneumonia-classifier@candidate --data $(DEMO_DIR)-external/cxr/manifest.csv --out outputs/pneumonia-demo/external
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (runs, evidence, registered model)"
+
+# A local MLflow tracking server: runs and registered models in SQLite, artifacts served through the
+# server (clients need no shared folder). Train into it with --set tracking.uri=http://127.0.0.1:$(MLFLOW_PORT).
+# MLflow's GenAI job runner (eight extra processes) is not needed here.
+mlflow-server: install
+	@mkdir -p $(MLFLOW_DIR)/artifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+		--backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --artifacts-destination ./$(MLFLOW_DIR)/artifacts
 
 lint: install
 	$(BIN)/ruff check medvision tests benchmarks pipelines

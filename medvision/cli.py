@@ -112,38 +112,58 @@ def demo_data(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/pneumonia_demo.yaml."),
+    config: Path | None = typer.Argument(
+        None, help="Experiment YAML, e.g. configs/pneumonia_demo.yaml (omit with --from-run)."
+    ),
     overrides: list[str] = typer.Option([], "--set", help="Override a key: --set train.epochs=3 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint into the same MLflow run."),
+    from_run: str | None = typer.Option(
+        None,
+        "--from-run",
+        help="Repeat this MLflow run: its logged config plus any --set, as a new run tagged reproduces=RUN_ID."
+        " The run is looked up in --set tracking.uri=..., else $MLFLOW_TRACKING_URI, else ./mlflow.db.",
+    ),
     skip_unreadable: bool = typer.Option(
         False, "--skip-unreadable", help="Drop unreadable images (counted and logged) instead of refusing."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars for epochs and batches."),
 ) -> None:
-    """Train, evaluate and register a model as the CONFIG describes."""
+    """Train, evaluate and register a model as the CONFIG (or the run given to --from-run) describes."""
     from medvision.config import load_config
+    from medvision.errors import ConfigError
 
+    if (config is None) == (from_run is None):
+        raise ConfigError(
+            "train",
+            "give either a CONFIG file or --from-run RUN_ID" + (", not both" if config is not None else ""),
+            "e.g. medvision train configs/pneumonia_demo.yaml, or medvision train --from-run RUN_ID",
+        )
+    if from_run is not None and resume:
+        raise ConfigError("--from-run", "--resume continues a run, --from-run starts a new one", "use one of them")
     if skip_unreadable:
         overrides = [*overrides, "data.skip_unreadable=true"]
-    cfg = load_config(config, overrides)
-    if cfg.task != "classification":
-        from medvision.errors import ConfigError
-
-        raise ConfigError(
-            f"{config} task", f"task {cfg.task!r} has no trainer in this version", "use task: classification"
-        )
     from medvision.engine import train_classification
+    from medvision.engine.reproduce import reproduce_run
 
-    _setup_logging()
-    result = train_classification(cfg, resume=resume, progress=progress)
+    if from_run is not None:
+        _setup_logging()
+        result = reproduce_run(from_run, overrides, progress=progress)
+    else:
+        assert config is not None
+        cfg = load_config(config, overrides)
+        if cfg.task != "classification":
+            raise ConfigError(
+                f"{config} task", f"task {cfg.task!r} has no trainer in this version", "use task: classification"
+            )
+        _setup_logging()
+        result = train_classification(cfg, resume=resume, progress=progress, config_path=config)
     if result.run_id is not None:
         typer.echo(
             f"run {result.run_id}  model {result.model_uri or '(not registered)'}  weights {result.weights_source}"
         )
-        typer.echo(
-            f"evidence in {result.output_dir / 'evidence'}; browse with: "
-            "mlflow ui --backend-store-uri sqlite:///mlflow.db"
-        )
+        uri = result.tracking_uri or "sqlite:///mlflow.db"
+        browse = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+        typer.echo(f"evidence in {result.output_dir / 'evidence'}; browse with: {browse}")
 
 
 @app.command()
@@ -173,9 +193,11 @@ def _setup_logging() -> None:
 
 
 def _mount_subcommands() -> None:
+    from medvision.cli_runs import app as runs_app
     from medvision.models.cli import app as weights_app
 
     app.add_typer(weights_app, name="weights", help="Manage ImageNet weights in the torch hub cache.")
+    app.add_typer(runs_app, name="runs", help="Review MLflow runs: list, compare, promote, show.")
 
 
 def main() -> None:

@@ -126,12 +126,18 @@ class EvaluateConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """MLflow: where, and under which registered name."""
+    """MLflow: where, and under which registered name.
+
+    ``delivery_wait_s``: when the server goes away during a run, training goes on and what it logs
+    waits in memory; at the end of the run medvision waits this long for the server to come back
+    before it gives up (and says what was not delivered).
+    """
 
     uri: str | None = None
     register_as: str | None = "pneumonia-classifier"
     alias: str = "candidate"
     required: bool = True
+    delivery_wait_s: float = Field(120.0, ge=0.0)
 
 
 class ExperimentConfig(_Strict):

@@ -39,8 +39,16 @@ FORMATS = ("csv", "decathlon", "kermany", "rsna")
 SPLITS = ("train", "val", "test")
 LABEL_NAMES = {"0": 0, "1": 1, "normal": 0, "pneumonia": 1, "negative": 0, "positive": 1}
 ALLOWED_LABELS = "0, 1, normal, pneumonia, negative, positive"
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "testing": "test", "": ""}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+    "": "",
+}
 CSV_COLUMNS = ("image", "label", "patient_id", "study_uid", "sex", "age", "view", "boxes", "split")
 #: How many problems an error message quotes before it only counts the rest.
 MAX_LISTED = 20
@@ -150,14 +158,19 @@ def parse_boxes(value: Any) -> list[list[float]]:
         raise ValueError(f"boxes {value!r} (expected a list [[x0, y0, x1, y1], ...])")
     boxes = []
     for box in value:
-        ok = isinstance(box, list | tuple) and len(box) == 4 and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        ok = (
+            isinstance(box, list | tuple)
+            and len(box) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        )
         if not ok:
             raise ValueError(f"box {box!r} (expected 4 numbers [x0, y0, x1, y1])")
         x0, y0, x1, y1 = (float(v) for v in box)
         if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"box {list(box)!r} has x1 <= x0 or y1 <= y0 (expected corners [x0, y0, x1, y1], "
-                             "not [x, y, width, height])")
+            raise ValueError(
+                f"box {list(box)!r} has x1 <= x0 or y1 <= y0 (expected corners [x0, y0, x1, y1], "
+                "not [x, y, width, height])"
+            )
         boxes.append([x0, y0, x1, y1])
     return boxes
 
@@ -232,9 +245,16 @@ def _parse_entry(entry: dict[str, Any], base: Path, source: str, problems: list[
     try:
         label = parse_label(entry.get("label", ""))
         return make_item(
-            _resolve(base, image.strip()), label, source=source,
-            patient_id=entry.get("patient_id"), study_uid=entry.get("study_uid"), sex=entry.get("sex"),
-            age=entry.get("age"), view=entry.get("view"), boxes=entry.get("boxes"), split=entry.get("split"),
+            _resolve(base, image.strip()),
+            label,
+            source=source,
+            patient_id=entry.get("patient_id"),
+            study_uid=entry.get("study_uid"),
+            sex=entry.get("sex"),
+            age=entry.get("age"),
+            view=entry.get("view"),
+            boxes=entry.get("boxes"),
+            split=entry.get("split"),
         )
     except ValueError as exc:
         problems.append(f"{where}: {exc}")
@@ -265,8 +285,11 @@ def load_csv(path: PathLike) -> list[dict[str, Any]]:
             missing = [c for c in ("image", "label") if c not in columns]
             if missing:
                 header = ", ".join(columns) or "none"
-                raise DataError(path, f"missing column(s) {', '.join(missing)} (header: {header})",
-                                f"add the column(s); allowed columns: {', '.join(CSV_COLUMNS)}")
+                raise DataError(
+                    path,
+                    f"missing column(s) {', '.join(missing)} (header: {header})",
+                    f"add the column(s); allowed columns: {', '.join(CSV_COLUMNS)}",
+                )
             reader.fieldnames = columns
             for row in reader:
                 line = reader.line_num
@@ -366,13 +389,18 @@ def load_kermany(path: PathLike) -> list[dict[str, Any]]:
     """
     root = Path(path)
     if not root.is_dir():
-        raise DataError(root, "folder not found" if not root.exists() else "is not a folder",
-                        f"point data.path at the folder with the layout {KERMANY_LAYOUT}")
+        raise DataError(
+            root,
+            "folder not found" if not root.exists() else "is not a folder",
+            f"point data.path at the folder with the layout {KERMANY_LAYOUT}",
+        )
     splits = {name.lower(): folder for name, folder in _subfolders(root).items() if name.lower() in SPLITS}
     if not splits:
-        raise DataError(root, f"holds none of the folders train/, val/, test/ (expected {KERMANY_LAYOUT})",
-                        "point data.path at the folder that holds train/ val/ test/ (the Kaggle archive nests it "
-                        "as chest_xray/)")
+        raise DataError(
+            root,
+            f"holds none of the folders train/, val/, test/ (expected {KERMANY_LAYOUT})",
+            "point data.path at the folder that holds train/ val/ test/ (the Kaggle archive nests it as chest_xray/)",
+        )
     items: list[dict[str, Any]] = []
     for split in SPLITS:
         if split not in splits:
@@ -380,19 +408,29 @@ def load_kermany(path: PathLike) -> list[dict[str, Any]]:
         classes = _subfolders(splits[split])
         missing = [c for c in KERMANY_CLASSES if c not in classes]
         if missing:
-            raise DataError(splits[split] / missing[0],
-                            f"class folder missing (expected {KERMANY_LAYOUT})",
-                            f"create {', '.join(missing)} in {splits[split]} or point data.path at the right folder")
+            raise DataError(
+                splits[split] / missing[0],
+                f"class folder missing (expected {KERMANY_LAYOUT})",
+                f"create {', '.join(missing)} in {splits[split]} or point data.path at the right folder",
+            )
         for cls, label in KERMANY_CLASSES.items():
             for file in sorted(classes[cls].iterdir()):
                 if file.name.startswith(".") or not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 rel = file.relative_to(root).as_posix()
-                items.append(make_item(file.absolute(), label, source=f"{root.name}:{rel}",
-                                       patient_id=kermany_patient_id(file.name), split=split))
+                items.append(
+                    make_item(
+                        file.absolute(),
+                        label,
+                        source=f"{root.name}:{rel}",
+                        patient_id=kermany_patient_id(file.name),
+                        split=split,
+                    )
+                )
     if not items:
-        raise DataError(root, f"no .jpeg/.jpg/.png images in the class folders (expected {KERMANY_LAYOUT})",
-                        "check data.path")
+        raise DataError(
+            root, f"no .jpeg/.jpg/.png images in the class folders (expected {KERMANY_LAYOUT})", "check data.path"
+        )
     return items
 
 
@@ -410,8 +448,11 @@ def load_rsna(path: PathLike) -> list[dict[str, Any]]:
     root = path.parent if path.is_file() else path
     labels = path if path.is_file() else root / RSNA_LABELS
     if not labels.is_file():
-        raise DataError(labels, f"not found (expected {RSNA_LAYOUT})", "point data.path at the folder of the "
-                        "RSNA Pneumonia Detection Challenge download")
+        raise DataError(
+            labels,
+            f"not found (expected {RSNA_LAYOUT})",
+            "point data.path at the folder of the RSNA Pneumonia Detection Challenge download",
+        )
     images = root / RSNA_IMAGES
     order: list[str] = []
     rows_of: dict[str, list[tuple[int, dict[str, str]]]] = {}
@@ -420,8 +461,11 @@ def load_rsna(path: PathLike) -> list[dict[str, Any]]:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("patientId", "x", "y", "width", "height", "Target") if c not in columns]
         if missing:
-            raise DataError(labels, f"missing column(s) {', '.join(missing)}",
-                            "expected the header patientId,x,y,width,height,Target")
+            raise DataError(
+                labels,
+                f"missing column(s) {', '.join(missing)}",
+                "expected the header patientId,x,y,width,height,Target",
+            )
         reader.fieldnames = columns
         for row in reader:
             pid = (row.get("patientId") or "").strip()
@@ -451,14 +495,19 @@ def load_rsna(path: PathLike) -> list[dict[str, Any]]:
                     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
                         raise ValueError
                 except (TypeError, ValueError):
-                    problems.append(f"row {line}: Target 1 needs a box, got x={row.get('x')!r} y={row.get('y')!r} "
-                                    f"width={row.get('width')!r} height={row.get('height')!r}")
+                    problems.append(
+                        f"row {line}: Target 1 needs a box, got x={row.get('x')!r} y={row.get('y')!r} "
+                        f"width={row.get('width')!r} height={row.get('height')!r}"
+                    )
                     ok = False
                     continue
                 boxes.append([x, y, x + w, y + h])
         if ok:
-            items.append(make_item(images / f"{pid}.dcm", label, source=f"{labels.name}:{first_line}",
-                                   patient_id=pid, boxes=boxes))
+            items.append(
+                make_item(
+                    images / f"{pid}.dcm", label, source=f"{labels.name}:{first_line}", patient_id=pid, boxes=boxes
+                )
+            )
     _raise_problems(labels, problems, "row(s)", "fix the listed rows (row = line number in the file)")
     if not items:
         raise DataError(labels, "holds no rows", "check the download")

@@ -108,16 +108,22 @@ def make_dataset(
         0
     """
     if not settings_digest or not _DIGEST.match(settings_digest):
-        raise ConfigError("settings_digest", f"{settings_digest!r} is not a usable folder name",
-                          "pass medvision.data.transform_digest(...) of the loading settings")
+        raise ConfigError(
+            "settings_digest",
+            f"{settings_digest!r} is not a usable folder name",
+            "pass medvision.data.transform_digest(...) of the loading settings",
+        )
     if cache_dir is None:
         return RadiographDataset(data=list(items), transform=transform)
     folder = Path(cache_dir) / settings_digest
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError("data.cache_dir", f"cannot create {folder} ({exc.strerror or exc})",
-                          "choose a writable cache folder, or set data.cache_dir to null") from exc
+        raise ConfigError(
+            "data.cache_dir",
+            f"cannot create {folder} ({exc.strerror or exc})",
+            "choose a writable cache folder, or set data.cache_dir to null",
+        ) from exc
     return CachedRadiographDataset(data=list(items), transform=transform, cache_dir=folder, hash_func=item_hash)
 
 
@@ -225,9 +231,7 @@ def _filled(item: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fill_from_headers(
-    items: Sequence[dict[str, Any]], *, max_voxels: int = DEFAULT_MAX_VOXELS
-) -> list[dict[str, Any]]:
+def fill_from_headers(items: Sequence[dict[str, Any]], *, max_voxels: int = DEFAULT_MAX_VOXELS) -> list[dict[str, Any]]:
     """Copies of ``items`` with empty patient_id/study_uid/sex/age/view taken from the DICOM headers.
 
     Only headers are read; PNG/JPEG items and unreadable files are returned unchanged (use
@@ -292,8 +296,11 @@ def check_readable(
         kept.append(_filled(item, facts))
     if problems and not skip_unreadable:
         listed = join_problems([f"{path}: {reason}" for path, reason in problems])
-        error = DataError(datalist_name(items), f"{len(problems)} image(s) cannot be read: {listed}",
-                          "fix or remove them, or pass --skip-unreadable")
+        error = DataError(
+            datalist_name(items),
+            f"{len(problems)} image(s) cannot be read: {listed}",
+            "fix or remove them, or pass --skip-unreadable",
+        )
         error.problems = problems  # type: ignore[attr-defined]
         raise error
     return kept, problems
@@ -312,6 +319,9 @@ def class_balance(items: Sequence[dict[str, Any]]) -> dict[str, float]:
     n = len(items)
     n_pos = sum(int(item[LABEL]) for item in items)
     if n == 0 or n_pos in (0, n):
-        raise DataError(datalist_name(items), f"the training items hold {n_pos} positive(s) out of {n}; "
-                        "a classifier needs both classes", "check the labels and the split")
+        raise DataError(
+            datalist_name(items),
+            f"the training items hold {n_pos} positive(s) out of {n}; a classifier needs both classes",
+            "check the labels and the split",
+        )
     return {"n": n, "n_pos": n_pos, "pos_weight": (n - n_pos) / n_pos}

@@ -25,8 +25,11 @@ def _check_fractions(val: float, test: float) -> None:
         if not 0.0 <= float(value) < 1.0:
             raise ConfigError(key, f"fraction {value!r} is outside [0, 1)", "use a fraction such as 0.15")
     if val + test >= 1.0:
-        raise ConfigError("data.split", f"val + test = {val + test:g} leaves no training data",
-                          "make data.split.val + data.split.test smaller than 1")
+        raise ConfigError(
+            "data.split",
+            f"val + test = {val + test:g} leaves no training data",
+            "make data.split.val + data.split.test smaller than 1",
+        )
 
 
 def _side_sizes(n: int, val: float, test: float) -> tuple[int, int]:
@@ -166,8 +169,7 @@ def assign_splits(
     if by == "patient":
         splits = split_by_patient(items, val=val, test=test, seed=seed)
     else:
-        unset = [str(item.get("source") or item.get("image", "?")) for item in items
-                 if item.get("split") not in SPLITS]
+        unset = [str(item.get("source") or item.get("image", "?")) for item in items if item.get("split") not in SPLITS]
         if unset:
             raise DataError(
                 datalist_name(items),

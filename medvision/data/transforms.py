@@ -107,8 +107,9 @@ class MedvisionCompose(Compose):
         medvision.errors.InputError: missing.dcm: cannot open file (No such file or directory); check the path
     """
 
-    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False,
-                 lazy: bool | None = None) -> Any:
+    def __call__(
+        self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: bool | None = None
+    ) -> Any:
         try:
             return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except RuntimeError as exc:
@@ -141,8 +142,11 @@ def load_image_tensor(
     array, meta = reader.get_data(reader.read(str(path)))
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 2:
-        raise InputError(path, f"expected a single grey image, got pixel array {array.shape}",
-                         "save the radiograph as a grey PNG/JPEG")
+        raise InputError(
+            path,
+            f"expected a single grey image, got pixel array {array.shape}",
+            "save the radiograph as a grey PNG/JPEG",
+        )
     lo, hi = float(array.min()), float(array.max())
     scaled = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
     out = area_resize(torch.from_numpy(np.ascontiguousarray(scaled)), size, keep_aspect=keep_aspect)
@@ -195,12 +199,14 @@ class LoadRadiographd(MapTransform):
     def load(self, path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
         """One file -> (tensor, header facts)."""
         if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-            tensor, _ = load_image_tensor(path, size=self.size, keep_aspect=self.keep_aspect,
-                                          max_voxels=self.max_voxels)
+            tensor, _ = load_image_tensor(
+                path, size=self.size, keep_aspect=self.keep_aspect, max_voxels=self.max_voxels
+            )
             return tensor, {}
         # Looked up at call time, so that tests can count the decodes.
-        tensor, meta = load_radiograph_tensor(path, size=self.size, keep_aspect=self.keep_aspect,
-                                              max_voxels=self.max_voxels)
+        tensor, meta = load_radiograph_tensor(
+            path, size=self.size, keep_aspect=self.keep_aspect, max_voxels=self.max_voxels
+        )
         return tensor.to(torch.float32), {
             "sex": parse_sex(meta.get("patient_sex")),
             "age": parse_age(meta.get("patient_age")),
@@ -213,8 +219,11 @@ class LoadRadiographd(MapTransform):
         for n, key in enumerate(self.key_iterator(d)):
             path = d[key]
             if not isinstance(path, str | os.PathLike):
-                raise InputError(str(key), f"expected a file path, got {type(path).__name__}",
-                                 "put LoadRadiographd first in the chain")
+                raise InputError(
+                    str(key),
+                    f"expected a file path, got {type(path).__name__}",
+                    "put LoadRadiographd first in the chain",
+                )
             tensor, facts = self.load(path)
             d[key] = tensor
             if n == 0 and self.path_key:
@@ -235,16 +244,23 @@ def _augment_settings(augment: Mapping[str, Any] | None) -> dict[str, Any]:
         settings[key] = value
     for key in ("rotate_deg", "scale", "translate", "noise_std"):
         if not isinstance(settings[key], int | float) or settings[key] < 0:
-            raise ConfigError(f"augment.{key}", f"{settings[key]!r} is not a number >= 0", "use e.g. "
-                              f"{DEFAULT_AUGMENT[key]}")
+            raise ConfigError(
+                f"augment.{key}", f"{settings[key]!r} is not a number >= 0", f"use e.g. {DEFAULT_AUGMENT[key]}"
+            )
     if not 0.0 <= float(settings["prob"]) <= 1.0:
         raise ConfigError("augment.prob", f"{settings['prob']!r} is outside [0, 1]", "use e.g. 0.5")
     contrast = settings["contrast"]
-    numbers = isinstance(contrast, list | tuple) and len(contrast) == 2 and all(
-        isinstance(g, int | float) and not isinstance(g, bool) for g in contrast)
+    numbers = (
+        isinstance(contrast, list | tuple)
+        and len(contrast) == 2
+        and all(isinstance(g, int | float) and not isinstance(g, bool) for g in contrast)
+    )
     if not numbers or not 0 < contrast[0] <= contrast[1]:
-        raise ConfigError("augment.contrast", f"{contrast!r} is not a gamma range (low, high) with 0 < low <= high",
-                          "use e.g. [0.9, 1.1]")
+        raise ConfigError(
+            "augment.contrast",
+            f"{contrast!r} is not a gamma range (low, high) with 0 < low <= high",
+            "use e.g. [0.9, 1.1]",
+        )
     return settings
 
 
@@ -298,9 +314,15 @@ def classification_transforms(
         p = float(settings["prob"])
         shift = float(settings["translate"]) * int(image_size)
         chain += [
-            RandAffined(keys=keys, prob=p, rotate_range=(math.radians(float(settings["rotate_deg"])),),
-                        scale_range=(float(settings["scale"]),) * 2, translate_range=(shift, shift),
-                        mode="bilinear", padding_mode="zeros"),
+            RandAffined(
+                keys=keys,
+                prob=p,
+                rotate_range=(math.radians(float(settings["rotate_deg"])),),
+                scale_range=(float(settings["scale"]),) * 2,
+                translate_range=(shift, shift),
+                mode="bilinear",
+                padding_mode="zeros",
+            ),
             RandAdjustContrastd(keys=keys, prob=p, gamma=tuple(float(g) for g in settings["contrast"])),
             RandGaussianNoised(keys=keys, prob=p, mean=0.0, std=float(settings["noise_std"]) / float(std)),
             EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False),
@@ -321,6 +343,5 @@ def transform_digest(**settings: Any) -> str:
         >>> a == transform_digest(image_size=256, keep_aspect=True, mean=0.5, std=0.25)
         False
     """
-    payload = json.dumps({"version": TRANSFORM_VERSION, **settings}, sort_keys=True, default=str,
-                         separators=(",", ":"))
+    payload = json.dumps({"version": TRANSFORM_VERSION, **settings}, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

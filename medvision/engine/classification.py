@@ -16,10 +16,14 @@ import hashlib
 import json
 import logging
 import math
+import os
+import platform
 import random
+import shlex
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,7 @@ class TrainResult:
     model_version: str | None = None
     weights_source: str = ""
     epochs_run: int = 0
+    tracking_uri: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -106,16 +111,28 @@ def git_state() -> dict[str, str]:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the libraries that decide the numbers."""
+    """Versions of the libraries that decide the numbers (and of Python)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out = {"python": platform.python_version()}
     for name in ("torch", "torchvision", "monai", "pydicom", "scikit-learn", "mlflow", "numpy"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = "missing"
     return out
+
+
+def invocation_tags(config_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """How this run was started: the full command line, the working folder and the config file."""
+    tags = {
+        "command": " ".join(shlex.quote(arg) for arg in sys.argv) or sys.executable,
+        "working_dir": str(Path.cwd()),
+        "platform": platform.platform(),
+    }
+    if config_path is not None:
+        tags["config_path"] = str(Path(config_path).expanduser().resolve())
+    return tags
 
 
 class _NullTracker:
@@ -230,13 +247,27 @@ def _hash_salt(out_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train_classification(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    config_path: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrainResult:
     """Train, evaluate, and register a pneumonia classifier as described by ``cfg``.
+
+    Every new run records what it takes to repeat it: the resolved config (artifact
+    ``config/resolved_config.yaml`` and params), the seed, the git commit and whether the checkout
+    was dirty, the package versions, the data digest, the command line, the working folder and
+    the config file (tags).
 
     Args:
         cfg: the validated experiment config.
         resume: continue from ``<output_dir>/<experiment>/checkpoints/last.pt`` into the same MLflow run.
         progress: show progress bars for epochs and batches.
+        config_path: the YAML file ``cfg`` was read from (tagged ``config_path``).
+        tags: more tags for a new run (e.g. ``reproduces``).
 
     Returns:
         The run id, test metrics and registered model of the run (rank 0; other ranks get a partial result).
@@ -383,6 +414,8 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
         )
 
         start_epoch, best_auroc, bad_epochs, run_id = 0, -math.inf, 0, None
+        # A best.pt left by an earlier run in this folder is never this run's best.
+        have_best = resume and best_path.exists()
         if resume:
             state = load_checkpoint(last_path)
             _bare(net).load_state_dict(state["model"])
@@ -398,7 +431,17 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
         tracker: Any = _NullTracker()
         if ctx.is_main:
             tracker = RunTracker(
-                uri, cfg.experiment, run_id=run_id, run_name=f"{cfg.model.backbone}-{cfg.train.seed}", phi_guard=guard
+                uri,
+                cfg.experiment,
+                run_id=run_id,
+                run_name=f"{cfg.model.backbone}-{cfg.train.seed}",
+                phi_guard=guard,
+                delivery_wait_s=cfg.tracking.delivery_wait_s,
+                local_dir=out_dir,
+                recovery_hint=(
+                    f"once the server is back, `medvision train CONFIG --resume` continues from {last_path}"
+                    " and logs the evaluation, the evidence and the model into the same run"
+                ),
             )
         with tracker if ctx.is_main else contextlib.nullcontext():
             run_id = broadcast(tracker.run_id if ctx.is_main else None, ctx)
@@ -416,6 +459,8 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
                         "device": ctx.device.type,
                         "seed": str(cfg.train.seed),
                         **git_state(),
+                        **invocation_tags(config_path),
+                        **dict(tags or {}),
                     }
                 )
                 if fallback_warning:
@@ -492,7 +537,8 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
                         else float("nan")
                     )
                     improved = math.isfinite(val_auroc) and val_auroc > best_auroc
-                    if improved or not best_path.exists():
+                    if improved or not have_best:
+                        have_best = True
                         best_auroc = val_auroc if improved else best_auroc
                         bad_epochs = 0 if improved else bad_epochs
                         save_checkpoint(
@@ -537,7 +583,11 @@ def train_classification(cfg: ExperimentConfig, *, resume: bool = False, progres
                 barrier(ctx)
 
             result = TrainResult(
-                run_id=run_id, output_dir=out_dir, weights_source=weights_source, epochs_run=epochs_run
+                run_id=run_id,
+                output_dir=out_dir,
+                weights_source=weights_source,
+                epochs_run=epochs_run,
+                tracking_uri=uri,
             )
             if ctx.is_main:
                 _finish(
@@ -671,12 +721,13 @@ def _finish(
     }
     if cfg.tracking.register_as:
         example = np.zeros((1, cfg.model.in_channels, cfg.data.image_size, cfg.data.image_size), dtype=np.float32)
-        registered = log_classifier(
-            model,
-            input_example=example,
-            metadata=metadata,
-            registered_name=cfg.tracking.register_as,
-            alias=cfg.tracking.alias,
+        name = cfg.tracking.register_as
+        # Waits for a server that went away (up to tracking.delivery_wait_s) and tries again.
+        registered = tracker.deliver(
+            lambda: log_classifier(
+                model, input_example=example, metadata=metadata, registered_name=name, alias=cfg.tracking.alias
+            ),
+            f"the model (registration as {name}@{cfg.tracking.alias})",
         )
         result.model_uri, result.model_version = registered["model_uri"], str(registered["version"])
         card_info.update({"model_name": registered["name"], "model_version": registered["version"]})

@@ -143,9 +143,7 @@ def _check_scores(
     return arr
 
 
-def _check_probabilities(
-    prob: ArrayLike, name: str, *, n: int | None = None, n_name: str = "y_true"
-) -> np.ndarray:
+def _check_probabilities(prob: ArrayLike, name: str, *, n: int | None = None, n_name: str = "y_true") -> np.ndarray:
     """Return ``prob`` as a float64 array of probabilities in [0, 1] or raise :class:`DataError`."""
     arr = _check_scores(prob, name, n=n, n_name=n_name)
     if arr.min() < 0.0 or arr.max() > 1.0:
@@ -393,9 +391,7 @@ def choose_operating_point(
     """
     y, s = _check_pair(y_true, y_score)
     if method not in ("youden", "sensitivity"):
-        raise ConfigError(
-            "method", f"unknown operating-point method {method!r}", "use 'youden' or 'sensitivity'"
-        )
+        raise ConfigError("method", f"unknown operating-point method {method!r}", "use 'youden' or 'sensitivity'")
     fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
     # Index 0 is sklearn's extra point (threshold +inf, nothing positive): not a usable operating point.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
@@ -405,9 +401,7 @@ def choose_operating_point(
     else:
         target = float(target_sensitivity)
         if not (0.0 < target <= 1.0):
-            raise ConfigError(
-                "target_sensitivity", f"must lie in (0, 1], got {target_sensitivity!r}", "pass e.g. 0.9"
-            )
+            raise ConfigError("target_sensitivity", f"must lie in (0, 1], got {target_sensitivity!r}", "pass e.g. 0.9")
         # tpr never decreases as the threshold falls and ends at 1, so a first hit always exists.
         # The small tolerance keeps e.g. 9/10 == 0.9 from failing on floating-point rounding.
         idx = int(np.flatnonzero(tpr >= target - 1e-12)[0])
@@ -671,9 +665,7 @@ def evaluate_binary(
     auc = auroc_ci(yt, lt, n_bootstraps=n_bootstraps, seed=seed)
     st = binary_stats(yt, prob_test, op["threshold"])
     subgroups = (
-        subgroup_auroc(yt, lt, groups_test, n_bootstraps=min(n_bootstraps, 200), seed=seed)
-        if groups_test
-        else []
+        subgroup_auroc(yt, lt, groups_test, n_bootstraps=min(n_bootstraps, 200), seed=seed) if groups_test else []
     )
     return {
         "test_auroc": auc["auroc"],

@@ -72,9 +72,7 @@ def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np
     return float(v10.mean()), v10, v01
 
 
-def delong_test(
-    y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, *, alpha: float = 0.05
-) -> dict[str, Any]:
+def delong_test(y_true: ArrayLike, score_a: ArrayLike, score_b: ArrayLike, *, alpha: float = 0.05) -> dict[str, Any]:
     """DeLong's paired test of ``AUROC(a) - AUROC(b)`` on the same cases.
 
     The variance of the difference is ``var(V10_a - V10_b) / m + var(V01_a - V01_b) / n`` (sample

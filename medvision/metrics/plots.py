@@ -222,8 +222,7 @@ def plot_confusion(cm: ArrayLike, path: str | Path, labels: Sequence[str] = ("no
     if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] != len(labels):
         raise DataError(
             "cm",
-            f"expected a {len(labels)}x{len(labels)} matrix for labels {tuple(labels)}, "
-            f"got shape {mat.shape}",
+            f"expected a {len(labels)}x{len(labels)} matrix for labels {tuple(labels)}, got shape {mat.shape}",
             "pass evaluate_binary()['confusion_matrix'] or sklearn's confusion_matrix output",
         )
     if not np.all(np.isfinite(mat)) or (mat < 0).any():

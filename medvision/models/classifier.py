@@ -158,8 +158,7 @@ class Classifier(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"{self.spec.name} expects input of shape (B, {self.in_channels}, H, W),"
-                f" got {tuple(x.shape)}."
+                f"{self.spec.name} expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
             )
         if self.repeat_input and self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -314,8 +313,7 @@ def _weights_kind(weights: str | os.PathLike[str]) -> tuple[str, str]:
     raise ConfigError(
         "model.weights",
         f"unknown weights {weights!r}",
-        "use imagenet, none, a .pt/.pth checkpoint file,"
-        " or an MLflow URI (models:/NAME/VERSION, runs:/ID/PATH)",
+        "use imagenet, none, a .pt/.pth checkpoint file, or an MLflow URI (models:/NAME/VERSION, runs:/ID/PATH)",
     )
 
 
@@ -436,10 +434,7 @@ def create_model(
                 f"{spec.name} classifier with in_channels={in_channels}, num_classes={num_classes},"
                 f" first_conv={first_conv}"
             ),
-            fix="create the model with the backbone, in_channels, num_classes and first_conv"
-            " it was trained with",
+            fix="create the model with the backbone, in_channels, num_classes and first_conv it was trained with",
         )
-    logger.info(
-        "Created %s (in_channels=%d, num_classes=%d), weights: %s", name, in_channels, num_classes, source
-    )
+    logger.info("Created %s (in_channels=%d, num_classes=%d), weights: %s", name, in_channels, num_classes, source)
     return model

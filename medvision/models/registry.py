@@ -223,9 +223,7 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def _densenet(
-    name: str, builder: Callable[..., nn.Module], weights: WeightsEnum, num_features: int
-) -> BackboneSpec:
+def _densenet(name: str, builder: Callable[..., nn.Module], weights: WeightsEnum, num_features: int) -> BackboneSpec:
     # The feature layer is torchvision's ``features`` Sequential; medvision appends the final
     # ReLU to it (torchvision applies that ReLU in ``forward``), so its output is the map Grad-CAM wants.
     return BackboneSpec.from_weights(
@@ -240,9 +238,7 @@ def _densenet(
     )
 
 
-def _resnet(
-    name: str, builder: Callable[..., nn.Module], weights: WeightsEnum, num_features: int
-) -> BackboneSpec:
+def _resnet(name: str, builder: Callable[..., nn.Module], weights: WeightsEnum, num_features: int) -> BackboneSpec:
     return BackboneSpec.from_weights(
         name,
         family="resnet",

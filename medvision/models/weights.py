@@ -66,9 +66,7 @@ class ImageNetWeightsUnavailableError(WeightsError):
         cause: Why the weights are not available (not cached and offline, download failure).
     """
 
-    def __init__(
-        self, where: str | Path, reason: str, fix: str | None = None, *, arch: str, cause: str
-    ) -> None:
+    def __init__(self, where: str | Path, reason: str, fix: str | None = None, *, arch: str, cause: str) -> None:
         self.arch = arch
         self.cause = cause
         super().__init__(where, reason, fix)
@@ -217,9 +215,7 @@ def remap_legacy_keys(spec: BackboneSpec, state_dict: Mapping[str, Tensor]) -> S
     if spec.family != "densenet":
         return dict(state_dict)
     capture = _Capture()
-    _tv_densenet._load_state_dict(
-        cast(nn.Module, capture), cast(WeightsEnum, _Preloaded(dict(state_dict))), False
-    )
+    _tv_densenet._load_state_dict(cast(nn.Module, capture), cast(WeightsEnum, _Preloaded(dict(state_dict))), False)
     return capture.captured
 
 

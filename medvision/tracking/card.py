@@ -271,7 +271,9 @@ def _operating_point_section(op: Mapping[str, Any]) -> list[str]:
 def _calibration_section(info: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
     calibration = _section(info, "calibration")
     temperature = _first(
-        calibration.get("temperature"), _section(info, "metrics").get("temperature"), info.get("temperature"),
+        calibration.get("temperature"),
+        _section(info, "metrics").get("temperature"),
+        info.get("temperature"),
         meta.get("temperature"),
     )
     return [
@@ -318,8 +320,11 @@ def _limitations_section(info: Mapping[str, Any], weights_source: Any) -> list[s
     else:
         items = list(_DEFAULT_LIMITATIONS)
     if isinstance(weights_source, str) and weights_source.strip().lower().startswith("random-init"):
-        items.insert(0, "The backbone was NOT pretrained on ImageNet (random initialisation); expect lower accuracy"
-                     " than an ImageNet-initialised model.")
+        items.insert(
+            0,
+            "The backbone was NOT pretrained on ImageNet (random initialisation); expect lower accuracy"
+            " than an ImageNet-initialised model.",
+        )
     return ["## Limitations", "", *(f"- {item}" for item in items)]
 
 
@@ -357,8 +362,9 @@ def render_model_card(info: Mapping[str, Any]) -> str:
     name = _first(info.get("name"), meta.get("name"))
     version = _first(info.get("version"), meta.get("version"))
     title = f"# Model card: {_text(name)}" + (f" v{_text(version)}" if not _missing(version) else "")
-    weights_source = _first(info.get("weights_source"), _section(info, "model").get("weights_source"),
-                            meta.get("weights_source"))
+    weights_source = _first(
+        info.get("weights_source"), _section(info, "model").get("weights_source"), meta.get("weights_source")
+    )
     op = _operating_point(info, meta)
     sections = [
         [title],

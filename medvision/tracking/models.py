@@ -404,8 +404,8 @@ def log_classifier(
         if isinstance(output, tuple | list):
             output = output[0]
         signature = infer_signature(example, output.detach().cpu().numpy())
-        requirements = list(pip_requirements) if pip_requirements is not None else _default_requirements(
-            serialization_format
+        requirements = (
+            list(pip_requirements) if pip_requirements is not None else _default_requirements(serialization_format)
         )
         with _mlflow_errors(f"models:/{registered_name}", "log and register the model"):
             info = mlflow.pytorch.log_model(
@@ -544,9 +544,7 @@ def load_state_dict_from_uri(uri: str) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
-def resolve_model_uri(
-    name: str, aliases: Sequence[str] = DEFAULT_ALIASES, *, tracking_uri: str | None = None
-) -> str:
+def resolve_model_uri(name: str, aliases: Sequence[str] = DEFAULT_ALIASES, *, tracking_uri: str | None = None) -> str:
     """``models:/NAME@ALIAS`` for the first of ``aliases`` that the registered model has.
 
     A value that already is a model URI (``models:/...``, ``runs:/...``) is returned unchanged.

@@ -52,44 +52,48 @@ MIN_IDENTIFIER_LENGTH = 4
 
 #: Sample (or ``sample["meta"]``) keys whose values :meth:`PhiGuard.from_items` collects, besides
 #: any key that contains ``patient_name``, ``patientname`` or ``accession``.
-IDENTIFIER_KEYS = frozenset({
-    "patient_id",
-    "patientid",
-    "study_uid",
-    "studyinstanceuid",
-    "series_uid",
-    "seriesinstanceuid",
-    "sop_uid",
-    "sopinstanceuid",
-    "accession",
-    "accession_number",
-    "accessionnumber",
-    "patient_name",
-    "patientname",
-})
+IDENTIFIER_KEYS = frozenset(
+    {
+        "patient_id",
+        "patientid",
+        "study_uid",
+        "studyinstanceuid",
+        "series_uid",
+        "seriesinstanceuid",
+        "sop_uid",
+        "sopinstanceuid",
+        "accession",
+        "accession_number",
+        "accessionnumber",
+        "patient_name",
+        "patientname",
+    }
+)
 
 _NAME_KEY_PARTS = ("patient_name", "patientname")
 _ACCESSION_KEY_PART = "accession"
 
 #: Values that de-identified data sets use in place of an identifier; never matched.
-_PLACEHOLDERS = frozenset({
-    "anon",
-    "anonymous",
-    "anonymized",
-    "anonymised",
-    "deidentified",
-    "de-identified",
-    "none",
-    "null",
-    "nan",
-    "n/a",
-    "unknown",
-    "patient",
-    "redacted",
-    "removed",
-    "test",
-    "[redacted]",
-})
+_PLACEHOLDERS = frozenset(
+    {
+        "anon",
+        "anonymous",
+        "anonymized",
+        "anonymised",
+        "deidentified",
+        "de-identified",
+        "none",
+        "null",
+        "nan",
+        "n/a",
+        "unknown",
+        "patient",
+        "redacted",
+        "removed",
+        "test",
+        "[redacted]",
+    }
+)
 
 # Not preceded by a letter or digit, nor by "<digit>." (the tail of a decimal or a longer UID);
 # not followed by a letter or digit, nor by ".<digit>".

@@ -194,9 +194,7 @@ def _prepare_local(uri: str) -> None:
         ) from exc
 
 
-def ensure_tracking_available(
-    uri: str, *, required: bool = True, timeout_s: float = 3.0
-) -> tuple[str, str | None]:
+def ensure_tracking_available(uri: str, *, required: bool = True, timeout_s: float = 3.0) -> tuple[str, str | None]:
     """Check the tracking store before any work starts.
 
     ``http(s)://`` URIs are probed with ``GET {uri}/health`` (MLflow servers answer ``OK``). When

@@ -38,13 +38,16 @@ def _jpeg(path: Path, value: int = 100) -> None:
 
 
 def test_csv_parses_every_field(tmp_path: Path) -> None:
-    csv_path = _write(tmp_path / "lists" / "manifest.csv", (
-        "image,label,patient_id,study_uid,sex,age,view,boxes,split,modality\n"
-        'img/a.dcm,1,P1,1.2.3,female,045Y,pa,"[[1,2,30,40],[5,6,7,8]]",validation,DX\n'
-        "img/b.png,Normal,P2,,M,61.5,,[],,CR\n"
-        "../c.dcm,POSITIVE,,,,,,,test,\n"
-        "\n"
-    ))
+    csv_path = _write(
+        tmp_path / "lists" / "manifest.csv",
+        (
+            "image,label,patient_id,study_uid,sex,age,view,boxes,split,modality\n"
+            'img/a.dcm,1,P1,1.2.3,female,045Y,pa,"[[1,2,30,40],[5,6,7,8]]",validation,DX\n'
+            "img/b.png,Normal,P2,,M,61.5,,[],,CR\n"
+            "../c.dcm,POSITIVE,,,,,,,test,\n"
+            "\n"
+        ),
+    )
     items = load_datalist("csv", csv_path)
     _no_none(items)
     a, b, c = items
@@ -89,13 +92,16 @@ def test_csv_many_bad_rows_first_20_and_a_count(tmp_path: Path) -> None:
 
 
 def test_csv_bad_boxes_age_and_split(tmp_path: Path) -> None:
-    csv_path = _write(tmp_path / "m.csv", (
-        "image,label,age,boxes,split\n"
-        'a.dcm,1,old,"[[1,2,3,4]]",train\n'
-        'b.dcm,1,40,"[[10,10,5,5]]",train\n'
-        'c.dcm,1,40,"[[1,2,3]]",train\n'
-        "d.dcm,1,40,[],holdout\n"
-    ))
+    csv_path = _write(
+        tmp_path / "m.csv",
+        (
+            "image,label,age,boxes,split\n"
+            'a.dcm,1,old,"[[1,2,3,4]]",train\n'
+            'b.dcm,1,40,"[[10,10,5,5]]",train\n'
+            'c.dcm,1,40,"[[1,2,3]]",train\n'
+            "d.dcm,1,40,[],holdout\n"
+        ),
+    )
     with pytest.raises(DataError) as info:
         load_datalist("csv", csv_path)
     reason = info.value.reason
@@ -130,8 +136,10 @@ def test_parsers() -> None:
 
 def test_decathlon_lists_set_the_split(tmp_path: Path) -> None:
     doc = {
-        "training": [{"image": "./img/a.dcm", "label": 1, "patient_id": 7, "boxes": [[1, 2, 3, 4]], "age": 30},
-                     {"image": "img/b.dcm", "label": "normal", "sex": "F"}],
+        "training": [
+            {"image": "./img/a.dcm", "label": 1, "patient_id": 7, "boxes": [[1, 2, 3, 4]], "age": 30},
+            {"image": "img/b.dcm", "label": "normal", "sex": "F"},
+        ],
         "validation": [{"image": "./img/c.dcm", "label": 0}],
         "test": [{"image": "/abs/d.dcm", "label": 1}],
     }
@@ -155,8 +163,9 @@ def test_decathlon_errors(tmp_path: Path) -> None:
     path = _write(tmp_path / "dataset.json", json.dumps({"numTraining": 0}))
     with pytest.raises(DataError, match="no 'training' list"):
         load_datalist("decathlon", path)
-    path = _write(tmp_path / "bad.json", json.dumps({"training": [{"image": "a.dcm"}, {"image": "b.dcm", "label": 5},
-                                                                  "c.dcm"]}))
+    path = _write(
+        tmp_path / "bad.json", json.dumps({"training": [{"image": "a.dcm"}, {"image": "b.dcm", "label": 5}, "c.dcm"]})
+    )
     with pytest.raises(DataError) as info:
         load_datalist("decathlon", path)
     reason = info.value.reason
@@ -167,14 +176,17 @@ def test_decathlon_errors(tmp_path: Path) -> None:
 # ---- kermany ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "patient"), [
-    ("person1_bacteria_1.jpeg", "person1"),
-    ("person1_virus_6.jpeg", "person1"),
-    ("person1000_bacteria_2931.jpeg", "person1000"),
-    ("IM-0115-0001.jpeg", "IM-0115"),
-    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
-    ("scan_17.png", "scan_17"),
-])
+@pytest.mark.parametrize(
+    ("name", "patient"),
+    [
+        ("person1_bacteria_1.jpeg", "person1"),
+        ("person1_virus_6.jpeg", "person1"),
+        ("person1000_bacteria_2931.jpeg", "person1000"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+        ("scan_17.png", "scan_17"),
+    ],
+)
 def test_kermany_patient_id(name: str, patient: str) -> None:
     assert kermany_patient_id(name) == patient
 
@@ -223,13 +235,16 @@ def test_kermany_no_split_folders(tmp_path: Path) -> None:
 
 
 def test_rsna_boxes_and_labels(tmp_path: Path) -> None:
-    _write(tmp_path / "stage_2_train_labels.csv", (
-        "patientId,x,y,width,height,Target\n"
-        "aaa,,,,,0\n"
-        "bbb,264.0,152.0,213.0,379.0,1\n"
-        "ccc,,,,,0\n"
-        "bbb,562.0,152.0,256.0,453.0,1\n"
-    ))
+    _write(
+        tmp_path / "stage_2_train_labels.csv",
+        (
+            "patientId,x,y,width,height,Target\n"
+            "aaa,,,,,0\n"
+            "bbb,264.0,152.0,213.0,379.0,1\n"
+            "ccc,,,,,0\n"
+            "bbb,562.0,152.0,256.0,453.0,1\n"
+        ),
+    )
     items = load_datalist("rsna", tmp_path)
     _no_none(items)
     assert [(i["patient_id"], i["label"]) for i in items] == [("aaa", 0), ("bbb", 1), ("ccc", 0)]

@@ -34,8 +34,19 @@ NORM = {"mean": 0.5, "std": 0.25}
 
 
 def _item(path: Path, label: int = 0, **fields) -> dict:
-    return {"image": str(path), "label": label, "patient_id": "", "study_uid": "", "sex": "", "age": math.nan,
-            "view": "", "boxes": [], "split": "", "source": f"m.csv:{label + 2}", **fields}
+    return {
+        "image": str(path),
+        "label": label,
+        "patient_id": "",
+        "study_uid": "",
+        "sex": "",
+        "age": math.nan,
+        "view": "",
+        "boxes": [],
+        "split": "",
+        "source": f"m.csv:{label + 2}",
+        **fields,
+    }
 
 
 @pytest.fixture
@@ -87,8 +98,12 @@ def test_persistent_cache_decodes_once(tmp_path: Path, items: list[dict], count_
 def test_other_image_size_uses_another_folder(tmp_path: Path, items: list[dict], count_decodes: list[str]) -> None:
     cache = tmp_path / "cache"
     for size in (SIZE, 48):
-        ds = make_dataset(items, classification_transforms(**_settings(size), train=False), cache_dir=cache,
-                          settings_digest=transform_digest(**_settings(size)))
+        ds = make_dataset(
+            items,
+            classification_transforms(**_settings(size), train=False),
+            cache_dir=cache,
+            settings_digest=transform_digest(**_settings(size)),
+        )
         assert tuple(ds[0]["image"].shape) == (1, size, size)
     assert len(count_decodes) == 2
     assert sorted(p.name for p in cache.iterdir()) == sorted(transform_digest(**_settings(s)) for s in (SIZE, 48))
@@ -115,19 +130,20 @@ def test_replaced_file_misses_the_cache(tmp_path: Path, items: list[dict], count
 
 
 def test_no_cache_dir_gives_a_plain_dataset(items: list[dict], count_decodes: list[str]) -> None:
-    ds = make_dataset(items, classification_transforms(**_settings(), train=False), cache_dir=None,
-                      settings_digest="x")
+    ds = make_dataset(items, classification_transforms(**_settings(), train=False), cache_dir=None, settings_digest="x")
     assert isinstance(ds, RadiographDataset)
     ds[0], ds[0]
     assert len(count_decodes) == 2
     with pytest.raises(ConfigError):
-        make_dataset(items, classification_transforms(**_settings(), train=False), cache_dir=None,
-                     settings_digest="../up")
+        make_dataset(
+            items, classification_transforms(**_settings(), train=False), cache_dir=None, settings_digest="../up"
+        )
 
 
 def test_batches_collate(tmp_path: Path, items: list[dict]) -> None:
-    ds = make_dataset(items, classification_transforms(**_settings(), train=True), cache_dir=tmp_path / "c",
-                      settings_digest="d")
+    ds = make_dataset(
+        items, classification_transforms(**_settings(), train=True), cache_dir=tmp_path / "c", settings_digest="d"
+    )
     batch = next(iter(DataLoader(ds, batch_size=3, num_workers=0)))
     assert tuple(batch["image"].shape) == (3, 1, SIZE, SIZE)
     assert batch["label"].tolist() == [0, 1, 0]
@@ -138,8 +154,9 @@ def test_batches_collate(tmp_path: Path, items: list[dict]) -> None:
 def test_dataset_errors_surface_as_medvision_errors(tmp_path: Path, items: list[dict]) -> None:
     bad = [_item(tmp_path / "gone.dcm")]
     for cache in (None, tmp_path / "c"):
-        ds = make_dataset(bad, classification_transforms(**_settings(), train=True), cache_dir=cache,
-                          settings_digest="d")
+        ds = make_dataset(
+            bad, classification_transforms(**_settings(), train=True), cache_dir=cache, settings_digest="d"
+        )
         with pytest.raises(InputError) as info:
             ds[0]
         assert info.value.where == str(tmp_path / "gone.dcm")
@@ -158,25 +175,48 @@ def test_check_readable_lists_every_bad_file(tmp_path: Path, items: list[dict]) 
     shutil.copy(pydicom_file("SC_rgb_rle_2frame.dcm"), bad / "multiframe.dcm")
     shutil.copy(pydicom_file("SC_rgb_rle.dcm"), bad / "colour.dcm")
     shutil.copy(pydicom_file("reportsi.dcm"), bad / "report.dcm")
-    broken = [_item(bad / name) for name in ("missing.dcm", "text.dcm", "broken.png", "truncated.dcm",
-                                              "multiframe.dcm", "colour.dcm", "report.dcm")]
+    broken = [
+        _item(bad / name)
+        for name in (
+            "missing.dcm",
+            "text.dcm",
+            "broken.png",
+            "truncated.dcm",
+            "multiframe.dcm",
+            "colour.dcm",
+            "report.dcm",
+        )
+    ]
     everything = [items[0], *broken, items[1]]
     with pytest.raises(DataError) as info:
         check_readable(everything)
     err = info.value
     assert err.where == "m.csv"
     assert err.reason.startswith("7 image(s) cannot be read:")
-    for fragment in ("missing.dcm: file not found", "text.dcm: not a DICOM file", "broken.png: not a readable PNG",
-                     "truncated.dcm: pixel data is truncated", "multiframe.dcm: multi-frame (2 frames)",
-                     "colour.dcm: colour (RGB", "report.dcm: not an image"):
+    for fragment in (
+        "missing.dcm: file not found",
+        "text.dcm: not a DICOM file",
+        "broken.png: not a readable PNG",
+        "truncated.dcm: pixel data is truncated",
+        "multiframe.dcm: multi-frame (2 frames)",
+        "colour.dcm: colour (RGB",
+        "report.dcm: not an image",
+    ):
         assert fragment in err.reason, fragment
     assert "--skip-unreadable" in err.fix
     assert len(err.problems) == 7
 
     kept, problems = check_readable(everything, skip_unreadable=True)
     assert [k["image"] for k in kept] == [items[0]["image"], items[1]["image"]]
-    assert [Path(p).name for p, _ in problems] == ["missing.dcm", "text.dcm", "broken.png", "truncated.dcm",
-                                                   "multiframe.dcm", "colour.dcm", "report.dcm"]
+    assert [Path(p).name for p, _ in problems] == [
+        "missing.dcm",
+        "text.dcm",
+        "broken.png",
+        "truncated.dcm",
+        "multiframe.dcm",
+        "colour.dcm",
+        "report.dcm",
+    ]
 
 
 def test_check_readable_fills_fields_from_headers(tmp_path: Path, items: list[dict]) -> None:
@@ -215,8 +255,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert problems == []
     splits = assign_splits(items, by="patient", val=0.2, test=0.2, seed=0)
     settings = _settings()
-    ds = make_dataset(splits["train"], classification_transforms(**settings, train=True), cache_dir=tmp_path / "c",
-                      settings_digest=transform_digest(**settings))
+    ds = make_dataset(
+        splits["train"],
+        classification_transforms(**settings, train=True),
+        cache_dir=tmp_path / "c",
+        settings_digest=transform_digest(**settings),
+    )
     batch = next(iter(DataLoader(ds, batch_size=2, num_workers=0)))
     assert tuple(batch["image"].shape) == (2, 1, SIZE, SIZE)
     assert torch.isfinite(batch["image"]).all()

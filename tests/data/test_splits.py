@@ -17,8 +17,15 @@ def _items(n_patients: int = 60, seed: int = 0) -> list[dict]:
     for p in range(n_patients):
         positive = p % 3 == 0
         for k in range(rng.randint(1, 4)):
-            items.append({"image": f"/d/p{p}_{k}.dcm", "label": int(positive and k == 0), "patient_id": f"P{p:03d}",
-                          "split": "", "source": f"m.csv:{len(items) + 2}"})
+            items.append(
+                {
+                    "image": f"/d/p{p}_{k}.dcm",
+                    "label": int(positive and k == 0),
+                    "patient_id": f"P{p:03d}",
+                    "split": "",
+                    "source": f"m.csv:{len(items) + 2}",
+                }
+            )
     return items
 
 
@@ -97,8 +104,10 @@ def test_given_split_with_overlap_is_refused_with_the_ids() -> None:
 
 
 def test_overlap_lists_first_20_and_a_count() -> None:
-    splits = {"train": [{"patient_id": f"P{i:02d}"} for i in range(25)],
-              "val": [{"patient_id": f"P{i:02d}"} for i in range(25)]}
+    splits = {
+        "train": [{"patient_id": f"P{i:02d}"} for i in range(25)],
+        "val": [{"patient_id": f"P{i:02d}"} for i in range(25)],
+    }
     with pytest.raises(DataError) as info:
         check_no_patient_overlap(splits)
     assert "P19 (train, val)" in info.value.reason and "P20" not in info.value.reason
@@ -118,8 +127,9 @@ def test_given_split_uses_the_column_and_requires_it() -> None:
 
 def test_split_summary_counts() -> None:
     train = [{"patient_id": "a", "label": 1}, {"patient_id": "a", "label": 0}, {"patient_id": "b", "label": 0}]
-    splits = {"train": train,
-              "val": [], "test": [{"patient_id": "c", "label": 1}]}
-    assert split_summary(splits) == {"train": {"n": 3, "n_patients": 2, "n_pos": 1},
-                                     "val": {"n": 0, "n_patients": 0, "n_pos": 0},
-                                     "test": {"n": 1, "n_patients": 1, "n_pos": 1}}
+    splits = {"train": train, "val": [], "test": [{"patient_id": "c", "label": 1}]}
+    assert split_summary(splits) == {
+        "train": {"n": 3, "n_patients": 2, "n_pos": 1},
+        "val": {"n": 0, "n_patients": 0, "n_pos": 0},
+        "test": {"n": 1, "n_patients": 1, "n_pos": 1},
+    }

@@ -22,13 +22,27 @@ SIZE = 32
 @pytest.fixture
 def pixels(rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:90, 0:70]
-    return (1000 + 800 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 40, xx.shape)).clip(0, 4095).astype(
-        np.uint16)
+    return (
+        (1000 + 800 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 40, xx.shape))
+        .clip(0, 4095)
+        .astype(np.uint16)
+    )
 
 
 def _item(path: Path, **fields) -> dict:
-    return {"image": str(path), "label": 1, "patient_id": "P1", "study_uid": "", "sex": "", "age": math.nan,
-            "view": "", "boxes": [[1.0, 2.0, 10.0, 20.0]], "split": "", "source": "m.csv:2", **fields}
+    return {
+        "image": str(path),
+        "label": 1,
+        "patient_id": "P1",
+        "study_uid": "",
+        "sex": "",
+        "age": math.nan,
+        "view": "",
+        "boxes": [[1.0, 2.0, 10.0, 20.0]],
+        "split": "",
+        "source": "m.csv:2",
+        **fields,
+    }
 
 
 def test_dicom_matches_fast_loader_and_fills_header_facts(tmp_path: Path, pixels: np.ndarray) -> None:
@@ -37,7 +51,8 @@ def test_dicom_matches_fast_loader_and_fills_header_facts(tmp_path: Path, pixels
     before = copy.deepcopy(item)
     out = LoadRadiographd(size=SIZE, keep_aspect=True)(item)
     assert item.keys() == before.keys() and all(
-        item[k] == before[k] or (k == "age" and math.isnan(item[k])) for k in item)  # input not mutated
+        item[k] == before[k] or (k == "age" and math.isnan(item[k])) for k in item
+    )  # input not mutated
     expected, _ = load_radiograph_tensor(path, size=SIZE, keep_aspect=True)
     assert out["image"].dtype == torch.float32 and tuple(out["image"].shape) == (1, SIZE, SIZE)
     torch.testing.assert_close(out["image"], expected)

@@ -126,9 +126,7 @@ def test_delong_p_value_is_uniform_under_the_null() -> None:
 
 def test_paired_bootstrap_is_reproducible_and_validates() -> None:
     y, a, b = two_models(300, seed=5)
-    assert paired_bootstrap(y, a, b, n_bootstraps=100, seed=1) == paired_bootstrap(
-        y, a, b, n_bootstraps=100, seed=1
-    )
+    assert paired_bootstrap(y, a, b, n_bootstraps=100, seed=1) == paired_bootstrap(y, a, b, n_bootstraps=100, seed=1)
     with pytest.raises(DataError) as info:
         paired_bootstrap(y, a, b[:-1])
     assert info.value.where == "score_b"

@@ -36,9 +36,7 @@ def place_imagenet_file(spec: BackboneSpec, folder: Path, *, legacy: bool = Fals
     saved = state
     if legacy:  # the key names of torchvision's real DenseNet files
         pattern = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.")
-        saved = {
-            pattern.sub(r"\1.\2.", k): v for k, v in state.items() if not k.endswith("num_batches_tracked")
-        }
+        saved = {pattern.sub(r"\1.\2.", k): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(saved, folder / spec.weights_file)
     return state
@@ -156,9 +154,7 @@ def test_imagenet_k_channels_tiles_mean_kernel(offline_hub: Path) -> None:
     state = place_imagenet_file(spec, offline_hub)
     model = create_model("resnet18", weights="imagenet", in_channels=4)
     kernel = state["conv1.weight"]
-    torch.testing.assert_close(
-        model.first_conv.weight, kernel.mean(dim=1, keepdim=True).repeat(1, 4, 1, 1) * 0.75
-    )
+    torch.testing.assert_close(model.first_conv.weight, kernel.mean(dim=1, keepdim=True).repeat(1, 4, 1, 1) * 0.75)
 
 
 # --- missing ImageNet weights --------------------------------------------------------------------------
@@ -223,9 +219,7 @@ def test_full_classifier_checkpoint(tmp_path: Path) -> None:
     model = create_model("resnet18", weights=str(file), in_channels=1, num_classes=3)
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
-    assert re.fullmatch(
-        rf"checkpoint:{re.escape(str(file.resolve()))} sha256:[0-9a-f]{{12}}", model.weights_source
-    )
+    assert re.fullmatch(rf"checkpoint:{re.escape(str(file.resolve()))} sha256:[0-9a-f]{{12}}", model.weights_source)
 
     with pytest.raises(WeightsError, match="num_classes=2") as info:
         create_model("resnet18", weights=file, in_channels=1, num_classes=2)

@@ -176,9 +176,7 @@ def test_import_refuses_sha256_mismatch(tmp_path: Path, offline_hub: Path) -> No
     assert not (offline_hub / "resnet18-f37072fd.pth").exists()
 
 
-def test_import_accepts_matching_file(
-    tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_import_accepts_matching_file(tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = tmp_path / "downloaded.pth"
     state = random_state("resnet18", seed=1)
     torch.save(state, file)
@@ -196,18 +194,14 @@ def test_import_accepts_matching_file(
     torch.testing.assert_close(model.backbone.conv1.weight, state["conv1.weight"], rtol=0, atol=0)
 
 
-def test_import_densenet_with_legacy_keys(
-    tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_import_densenet_with_legacy_keys(tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = tmp_path / "densenet121.pth"
     torch.save(to_legacy_densenet_keys(random_state("densenet121")), file)
     spec = patch_spec_prefix(monkeypatch, "densenet121", file)
     assert import_weights(file, "densenet121") == offline_hub / spec.weights_file
 
 
-def test_import_refuses_wrong_architecture(
-    tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_import_refuses_wrong_architecture(tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = tmp_path / "resnet34.pth"
     torch.save(random_state("resnet34"), file)
     patch_spec_prefix(monkeypatch, "resnet18", file)

@@ -66,10 +66,26 @@ def _info(weights_source: str) -> dict:
             "test_n_pos": 44,
         },
         "subgroups": [
-            {"attribute": "sex", "group": "F", "n": 70, "n_pos": 20, "auroc": 0.905, "ci_low": 0.84,
-             "ci_high": 0.96, "note": ""},
-            {"attribute": "view", "group": "AP|PA", "n": 5, "n_pos": 0, "auroc": math.nan, "ci_low": math.nan,
-             "ci_high": math.nan, "note": "only one class"},
+            {
+                "attribute": "sex",
+                "group": "F",
+                "n": 70,
+                "n_pos": 20,
+                "auroc": 0.905,
+                "ci_low": 0.84,
+                "ci_high": 0.96,
+                "note": "",
+            },
+            {
+                "attribute": "view",
+                "group": "AP|PA",
+                "n": 5,
+                "n_pos": 0,
+                "auroc": math.nan,
+                "ci_low": math.nan,
+                "ci_high": math.nan,
+                "note": "only one class",
+            },
         ],
         "limitations": ["Single-site data."],
         "provenance": {"run_id": "abc123run", "git_commit": "deadbeef", "medvision_version": "0.1.0"},
@@ -135,8 +151,12 @@ def test_evaluate_binary_output_renders() -> None:
     rng = np.random.default_rng(0)
     y_val, y_test = rng.integers(0, 2, 80), rng.integers(0, 2, 80)
     result = evaluate_binary(
-        y_val=y_val, logits_val=y_val + rng.normal(0, 1, 80), y_test=y_test, logits_test=y_test + rng.normal(0, 1, 80),
-        groups_test={"sex": rng.choice(["F", "M"], 80)}, n_bootstraps=50,
+        y_val=y_val,
+        logits_val=y_val + rng.normal(0, 1, 80),
+        y_test=y_test,
+        logits_test=y_test + rng.normal(0, 1, 80),
+        groups_test={"sex": rng.choice(["F", "M"], 80)},
+        n_bootstraps=50,
     )
     card = render_model_card({"name": "m", "metrics": result})
     assert f"{result['test_auroc']:.3f} (95% CI {result['test_auroc_ci_low']:.3f}" in card
