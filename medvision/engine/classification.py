@@ -709,15 +709,21 @@ def _finish(
         "dataset_digest": digest,
         "labels": ["normal", "pneumonia"],
     }
-    card_info = {
-        **metadata,
-        **scalars,
-        "run_id": result.run_id,
-        "splits": summary,
+    # The keys render_model_card reads (see medvision.tracking.card).
+    card_info: dict[str, Any] = {
+        "metadata": metadata,
+        "name": cfg.tracking.register_as,
+        "data": {"source": str(cfg.data.path), "format": cfg.data.format, "digest": digest, "splits": summary},
+        "metrics": ev,
+        "operating_point": ev["operating_point"],
+        "calibration": {"temperature": temperature},
         "subgroups": ev.get("subgroups", []),
-        "data_source": f"{cfg.data.format}: {Path(cfg.data.path).name}",
-        "registered_name": cfg.tracking.register_as,
-        **git_state(),
+        "provenance": {
+            "run_id": result.run_id,
+            "medvision_version": medvision.__version__,
+            "tracking_uri": result.tracking_uri,
+            **git_state(),
+        },
     }
     if cfg.tracking.register_as:
         example = np.zeros((1, cfg.model.in_channels, cfg.data.image_size, cfg.data.image_size), dtype=np.float32)
@@ -730,7 +736,9 @@ def _finish(
             f"the model (registration as {name}@{cfg.tracking.alias})",
         )
         result.model_uri, result.model_version = registered["model_uri"], str(registered["version"])
-        card_info.update({"model_name": registered["name"], "model_version": registered["version"]})
+        card_info.update(
+            {"version": registered["version"], "model_uri": registered["model_uri"], "alias": cfg.tracking.alias}
+        )
     card = art / "model_card.md"
     card.write_text(render_model_card(card_info))
     tracker.log_artifact(card, "evidence")

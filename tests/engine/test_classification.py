@@ -242,3 +242,14 @@ def test_ddp_two_processes_gloo(tmp_path, cxr_manifest) -> None:
     assert runs[0].data.tags["world_size"] == "2"
     assert [s for s, _ in _history(client, runs[0].info.run_id, "val_auroc")] == [0, 1]
     assert "test_auroc" in runs[0].data.metrics
+
+
+def test_model_card_carries_data_metrics_and_provenance(trained) -> None:
+    tmp, _, result = trained
+    card = (Path(result.output_dir) / "evidence" / "model_card.md").read_text()
+    run = _client(tmp).get_run(result.run_id)
+    assert f"**Digest:** {run.data.tags['dataset_digest']}" in card
+    assert f"| AUROC | {run.data.metrics['test_auroc']:.3f} (95% CI" in card
+    assert "# Model card: pneumonia-classifier v1" in card and result.run_id in card
+    assert "not for diagnostic use without review by a radiologist" in card
+    assert "| test | 8 | 4 |" in card  # images and patients of the test split
