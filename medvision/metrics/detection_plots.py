@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, NullLocator
@@ -26,26 +24,12 @@ from monai.metrics import compute_froc_score
 from numpy.typing import ArrayLike
 
 from medvision.errors import ConfigError, DataError
+from medvision.metrics.plots import _new_figure, _save
 
 __all__ = ["boxes_on_slice", "plot_froc", "plot_slice_with_boxes"]
 
-_DPI = 120
 _TRUE_COLOUR = "#00c000"
 _PRED_COLOUR = "#ff2020"
-
-
-def _new_figure(width: float = 5.0, height: float = 5.0) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", bbox_inches="tight")
-    fig.clear()
-    return out
 
 
 def _rate_label(rate: float) -> str:
