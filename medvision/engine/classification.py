@@ -183,7 +183,9 @@ def _progress(iterable: Any, *, total: int, desc: str, enabled: bool) -> Iterato
     if not enabled:
         yield from iterable
         return
-    from tqdm.auto import tqdm
+    # Plain tqdm, not tqdm.auto: tqdm.auto imports IPython, and with it imported the demo trained to
+    # different numbers than with --no-progress (found by comparing the two); the bar must not change results.
+    from tqdm import tqdm
 
     yield from tqdm(iterable, total=total, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
 
@@ -603,6 +605,7 @@ def train_classification(
                     digest=digest,
                     mean=mean,
                     std=std,
+                    pos_weight=float(balance["pos_weight"]) if cfg.train.imbalance == "pos_weight" else 1.0,
                 )
             barrier(ctx)
             return result
@@ -624,6 +627,7 @@ def _finish(
     digest: str,
     mean: float,
     std: float,
+    pos_weight: float = 1.0,
 ) -> None:
     """Evaluate the best checkpoint on test, write the evidence, log and register the model."""
     from medvision.metrics import age_band, apply_temperature, evaluate_binary, scalar_metrics
@@ -631,6 +635,13 @@ def _finish(
     from medvision.tracking import log_classifier, render_model_card, salted_hash
 
     model.load_state_dict(load_checkpoint(best_path)["model"])
+    head = getattr(model, "head", None)
+    if pos_weight != 1.0 and isinstance(head, nn.Linear):
+        # A loss with positive weight w learns odds w times the true odds (a prior shift); subtracting
+        # log(w) from the head's bias undoes it, so the registered model's logits are unbiased and
+        # temperature scaling (which only rescales) can calibrate them. Ranking, hence AUROC, is unchanged.
+        with torch.no_grad():
+            head.bias -= math.log(pos_weight)
     model.to("cpu").eval()
     cpu = torch.device("cpu")
     val_logits, val_labels = predict_logits(model, loaders["val"], cpu)
