@@ -99,3 +99,15 @@ def write_dicom(
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def mlflow_globals(monkeypatch: pytest.MonkeyPatch):
+    """RunTracker points MLflow's global tracking URI at a test's store; undo that afterwards."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)

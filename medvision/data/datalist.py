@@ -137,6 +137,24 @@ def parse_sex(value: Any) -> str:
     return {"m": "M", "male": "M", "f": "F", "female": "F", "o": "O", "other": "O"}.get(text.lower(), text)
 
 
+def box_list(value: Any, expected_json: str, expected_list: str) -> list[Any]:
+    """The raw list of boxes in ``value`` (a list, a tuple or its JSON text); ``""``/``None`` mean none.
+
+    Raises:
+        ValueError: not JSON, or not a list; the message quotes the value and ``expected_*``.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"boxes {value!r} are not JSON (expected {expected_json})") from None
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"boxes {value!r} (expected {expected_list})")
+    return list(value)
+
+
 def parse_boxes(value: Any) -> list[list[float]]:
     """Boxes ``[[x0, y0, x1, y1], ...]`` from a list or its JSON text; ``""``/``None`` mean none.
 
@@ -147,15 +165,7 @@ def parse_boxes(value: Any) -> list[list[float]]:
         >>> parse_boxes("[[10, 20, 30, 40]]")
         [[10.0, 20.0, 30.0, 40.0]]
     """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"boxes {value!r} are not JSON (expected [[x0, y0, x1, y1], ...])") from None
-    if not isinstance(value, list):
-        raise ValueError(f"boxes {value!r} (expected a list [[x0, y0, x1, y1], ...])")
+    value = box_list(value, "[[x0, y0, x1, y1], ...]", "a list [[x0, y0, x1, y1], ...]")
     boxes = []
     for box in value:
         ok = (

@@ -87,7 +87,7 @@ from medvision.constants import (
     NIFTI_SUFFIXES,
     PATIENT_ID,
 )
-from medvision.data.datalist import datalist_name, join_problems, parse_split
+from medvision.data.datalist import box_list, datalist_name, join_problems, parse_split
 from medvision.errors import ConfigError, DataError, InputError
 
 PathLike = str | os.PathLike
@@ -332,15 +332,7 @@ def parse_boxes_3d(value: Any, mode: str = "xyzxyz") -> list[list[float]]:
         >>> parse_boxes_3d([[5, 5, 5, 2, 4, 6]], "cccwhd")
         [[4.0, 3.0, 2.0, 6.0, 7.0, 8.0]]
     """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"boxes {value!r} are not JSON (expected [[x0, y0, z0, x1, y1, z1], ...])") from None
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"boxes {value!r} (expected a list of 6-number boxes)")
+    value = box_list(value, "[[x0, y0, z0, x1, y1, z1], ...]", "a list of 6-number boxes")
     raw = []
     for box in value:
         if not (isinstance(box, list | tuple) and len(box) == 6 and all(_is_number(v) for v in box)):

@@ -95,3 +95,8 @@ def write_config(tmp: Path, manifest: Path, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def cxr_manifest(tmp_path_factory) -> Path:
     return make_cxr_set(tmp_path_factory.mktemp("cxr"))
+
+
+def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric of a run, in step order."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))

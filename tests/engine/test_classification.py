@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from medvision.config import load_config
 from medvision.engine import TrainingError, evaluate_registered, train_classification
 from medvision.errors import DataError
-from tests.engine.conftest import write_config
+from tests.engine.conftest import metric_history, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,7 @@ def _client(tmp: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+_history = metric_history
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -15,7 +13,7 @@ from medvision.cli import app
 from medvision.config import load_config
 from medvision.engine import config_from_run, train_classification
 from medvision.errors import ConfigError, TrackingError
-from tests.engine.conftest import write_config
+from tests.engine.conftest import metric_history, write_config
 
 runner = CliRunner()
 
@@ -23,13 +21,7 @@ runner = CliRunner()
 EPOCH_KEYS = ("train_loss", "val_loss", "val_auroc", "lr")
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    if mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+pytestmark = pytest.mark.usefixtures("mlflow_globals")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +32,7 @@ def original(tmp_path_factory, cxr_manifest):
     return tmp, config, result
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+_history = metric_history
 
 
 def test_run_records_how_to_repeat_it(original) -> None:

@@ -31,14 +31,7 @@ from tests.engine.conftest import make_cxr_set, write_config
 MODEL = "pneumonia-classifier"
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """RunTracker points MLflow's global tracking URI at each test's store; undo that afterwards."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    if mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+pytestmark = pytest.mark.usefixtures("mlflow_globals")
 
 
 @pytest.fixture(scope="module")
