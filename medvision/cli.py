@@ -91,7 +91,7 @@ def demo_data(
     out: Path = typer.Option(Path("data/demo"), "--out", help="Folder to write the demo data set into."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same files."),
     cxr_patients: int = typer.Option(200, "--cxr-patients", help="Number of chest radiograph patients."),
-    mri_volumes: int = typer.Option(40, "--mri-volumes", help="Number of brain MRI volumes."),
+    mri_volumes: int = typer.Option(60, "--mri-volumes", help="Number of brain MRI volumes."),
     mri_dicom: int = typer.Option(4, "--mri-dicom", help="How many of the MRI volumes are also written as DICOM."),
 ) -> None:
     """Write the embedded demo data set (chest radiographs as DICOM, brain MRI as NIfTI and DICOM)."""
@@ -151,12 +151,13 @@ def train(
     else:
         assert config is not None
         cfg = load_config(config, overrides)
-        if cfg.task != "classification":
-            raise ConfigError(
-                f"{config} task", f"task {cfg.task!r} has no trainer in this version", "use task: classification"
-            )
         _setup_logging()
-        result = train_classification(cfg, resume=resume, progress=progress, config_path=config)
+        if cfg.task == "detection":
+            from medvision.engine.detection import train_detection
+
+            result = train_detection(cfg, resume=resume, progress=progress, config_path=config)
+        else:
+            result = train_classification(cfg, resume=resume, progress=progress, config_path=config)
     if result.run_id is not None:
         typer.echo(
             f"run {result.run_id}  model {result.model_uri or '(not registered)'}  weights {result.weights_source}"
@@ -170,7 +171,12 @@ def train(
 def evaluate(
     model: str = typer.Option(..., "--model", help="models:/name@alias, models:/name/VERSION or runs:/ID/model."),
     data: Path = typer.Option(..., "--data", help="Datalist: CSV manifest, decathlon JSON or a dataset folder."),
-    data_format: str = typer.Option("csv", "--format", help="csv, decathlon, kermany or rsna."),
+    data_format: str | None = typer.Option(
+        None,
+        "--format",
+        help="Classifiers: csv (default), decathlon, kermany, rsna. Detectors: detection (default for .json),"
+        " decathlon (images + label masks), csv.",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write metrics.json here."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the AUROC interval."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Drop unreadable images."),
@@ -182,6 +188,52 @@ def evaluate(
         model, data_format, data, out_dir=out, n_bootstraps=bootstrap, skip_unreadable=skip_unreadable
     )
     typer.echo(json.dumps(report))
+
+
+@app.command()
+def predict(
+    paths: list[Path] = typer.Argument(..., help="NIfTI volumes or DICOM series folders."),
+    model: str = typer.Option(
+        "models:/tumor-detector@candidate", "--model", help="A registered tumour detector (models:/NAME@ALIAS ...)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Detect tumours: one JSON line per volume with its boxes (RAS world mm), scores and the model's provenance.
+
+    A path that cannot be read gets one error line on stderr; the others go on; exit status 2 if any failed.
+    """
+    from medvision.engine.detect import load_detector, predict_volume
+
+    bundle = load_detector(model, device=device)
+    prov = bundle.provenance
+    failed = 0
+    for path in paths:
+        try:
+            pred = predict_volume(bundle, path)
+        except MedvisionError as exc:
+            failed += 1
+            typer.echo(f"error: {exc.one_line()}", err=True)
+            continue
+        record = {
+            "path": str(path),
+            "volume_score": round(pred.volume_score, 4),
+            "flagged": pred.flagged,
+            "threshold": round(pred.threshold, 4),
+            "boxes": [{k: b[k] for k in ("world_mm", "size_mm", "score", "above_threshold")} for b in pred.boxes],
+            "coordinates": "RAS millimetres [x0, y0, z0, x1, y1, z1]",
+            "model": {
+                "uri": bundle.uri,
+                "name": prov.get("name"),
+                "version": prov.get("version"),
+                "run_id": prov.get("run_id"),
+            },
+            "intended_use": bundle.metadata.get("intended_use"),
+            "status": "draft: not for diagnostic use without review by a radiologist",
+            "seconds": round(pred.timings.get("total_s", 0.0), 2),
+        }
+        typer.echo(json.dumps(record))
+    if failed:
+        raise typer.Exit(2)
 
 
 def _setup_logging() -> None:
@@ -198,6 +250,7 @@ def _mount_subcommands() -> None:
 
     app.add_typer(weights_app, name="weights", help="Manage ImageNet weights in the torch hub cache.")
     app.add_typer(runs_app, name="runs", help="Review MLflow runs: list, compare, promote, show.")
+    app.command("report")(__import__("medvision.cli_report", fromlist=["report"]).report)
 
 
 def main() -> None:

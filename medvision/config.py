@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvision.errors import ConfigError
 
@@ -23,6 +23,12 @@ INTENDED_USE_CXR = (
     "Research and triage support: flags adult and paediatric frontal chest radiographs that may show "
     "pneumonia so that a radiologist can read them first. Not a diagnosis; not for diagnostic use "
     "without review by a radiologist."
+)
+
+INTENDED_USE_TUMOUR = (
+    "Research and triage support: marks brain MR (or CT) volumes that may contain a tumour and draws boxes "
+    "around candidate lesions so that a radiologist can read them first. Boxes are not segmentations. Not a "
+    "diagnosis; not for diagnostic use without review by a radiologist."
 )
 
 
@@ -57,10 +63,32 @@ class AugmentConfig(_Strict):
     contrast: tuple[float, float] = (0.9, 1.1)
 
 
-class DataConfig(_Strict):
-    """Where the images are and how they become tensors."""
+class VolumeConfig(_Strict):
+    """Detection only: how CT/MR volumes are resampled, normalised and sampled into slices."""
 
-    format: Literal["csv", "decathlon", "kermany", "rsna"] = "csv"
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    modality: Literal["MR", "CT"] = "MR"
+    ct_window: tuple[float, float] = (-1000.0, 400.0)
+    mr_percentiles: tuple[float, float] = (1.0, 99.0)
+    #: Slices without a lesion drawn per slice with one, each epoch.
+    negatives_per_positive: float = Field(1.0, ge=0.0)
+    #: Train on square crops of this many pixels (lesion-centred for slices with a lesion, anywhere for the
+    #: others) instead of whole slices: several times fewer pixels per sample. ``null``: whole slices.
+    train_crop: int | None = Field(96, ge=16)
+    #: Connected components of a label mask smaller than this many voxels are not lesions.
+    min_lesion_voxels: int = Field(1, ge=1)
+    augment: bool = True
+
+
+class DataConfig(_Strict):
+    """Where the images are and how they become tensors.
+
+    Classification formats: ``csv``, ``decathlon`` (image + label), ``kermany``, ``rsna``. Detection formats:
+    ``detection`` (MONAI's detection JSON), ``decathlon`` (images + label masks, boxes from connected
+    components), ``csv`` (image + boxes columns).
+    """
+
+    format: Literal["csv", "decathlon", "kermany", "rsna", "detection"] = "csv"
     path: str
     split: SplitConfig = SplitConfig()
     image_size: int = Field(224, ge=16, le=2048)
@@ -69,6 +97,7 @@ class DataConfig(_Strict):
     skip_unreadable: bool = False
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()
+    volume: VolumeConfig = VolumeConfig()
 
 
 class ModelConfig(_Strict):
@@ -80,6 +109,12 @@ class ModelConfig(_Strict):
     in_channels: int = Field(1, ge=1, le=4)
     first_conv: Literal["sum", "replicate"] = "sum"
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    # Detection only (medvision.models.detector): slices on each side of the centre slice, pyramid width,
+    # anchor base sizes (network-input pixels, P3..P6), slice enlargement.
+    context: int = Field(1, ge=0, le=4)
+    fpn_channels: int = Field(128, ge=16, le=512)
+    anchor_sizes: tuple[float, float, float, float] = (8.0, 16.0, 32.0, 64.0)
+    upsample: float = Field(1.0, ge=0.25, le=4.0)
 
     @field_validator("backbone")
     @classmethod
@@ -94,7 +129,7 @@ class ModelConfig(_Strict):
 class EarlyStopConfig(_Strict):
     """Stop when the validation metric has not improved for ``patience`` epochs."""
 
-    metric: Literal["val_auroc"] = "val_auroc"
+    metric: Literal["val_auroc", "val_cpm"] = "val_auroc"
     patience: int = Field(3, ge=1)
 
 
@@ -115,6 +150,9 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "outputs"
     max_batches_per_epoch: int | None = Field(None, ge=1)
+    #: Detection: validate (the CPM over whole volumes) every this many epochs and after the last one;
+    #: early-stopping patience counts validations.
+    val_every: int = Field(1, ge=1)
 
 
 class EvaluateConfig(_Strict):
@@ -123,6 +161,10 @@ class EvaluateConfig(_Strict):
     operating_point: Literal["youden", "sensitivity"] = "youden"
     target_sensitivity: float = Field(0.9, gt=0.0, le=1.0)
     bootstrap: int = Field(1000, ge=0)
+    #: Detection: the score threshold registered with the model is read on validation at this many
+    #: false positives per volume; a hit is a 3D IoU of at least ``iou_threshold``.
+    fp_rate: float = Field(1.0, ge=0.0)
+    iou_threshold: float = Field(0.1, gt=0.0, le=1.0)
 
 
 class TrackingConfig(_Strict):
@@ -151,6 +193,26 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Detection gets its own defaults for what the YAML leaves out: intended use, model name, stop metric."""
+        if not isinstance(data, dict) or data.get("task") != "detection":
+            return data
+        data = dict(data)
+        data.setdefault("intended_use", INTENDED_USE_TUMOUR)
+        tracking = data.get("tracking")
+        if tracking is None or isinstance(tracking, dict):
+            data["tracking"] = {"register_as": "tumor-detector", **(tracking or {})}
+        train = data.get("train")
+        if train is None or isinstance(train, dict):
+            train = dict(train or {})
+            stop = train.get("early_stop", {})
+            if isinstance(stop, dict):
+                train["early_stop"] = {"metric": "val_cpm", **stop}
+            data["train"] = train
+        return data
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

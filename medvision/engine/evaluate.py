@@ -16,7 +16,7 @@ from medvision.engine.classification import predict_logits
 
 def evaluate_registered(
     model_uri: str,
-    data_format: str,
+    data_format: str | None,
     data_path: str | Path,
     *,
     out_dir: str | Path | None = None,
@@ -28,19 +28,33 @@ def evaluate_registered(
 
     Args:
         model_uri: ``models:/name@alias``, ``models:/name/version`` or ``runs:/id/model``.
-        data_format: ``csv``, ``decathlon``, ``kermany`` or ``rsna``.
+        data_format: classifiers: ``csv`` (default), ``decathlon``, ``kermany`` or ``rsna``; detectors:
+            ``detection`` (default for ``.json``), ``decathlon`` (images + label masks) or ``csv``.
         data_path: the datalist (file or folder).
         out_dir: where to write ``metrics.json`` (no identifiers); nothing is written when None.
         n_bootstraps: bootstrap resamples for the AUROC interval.
 
     Returns:
-        AUROC with its interval, AUPRC, and sensitivity/specificity/PPV/NPV at the stored threshold.
+        AUROC with its interval, AUPRC, and sensitivity/specificity/PPV/NPV at the stored threshold; for a
+        detector :func:`evaluate_detector`'s report.
     """
     from medvision.data import check_readable, classification_transforms, load_datalist
     from medvision.metrics import apply_temperature, auprc, auroc_ci, binary_stats, expected_calibration_error
-    from medvision.tracking import load_classifier
+    from medvision.tracking import load_model_with_metadata
 
-    model, meta = load_classifier(model_uri)
+    model, meta, pinned = load_model_with_metadata(model_uri)
+    if meta.get("task") == "detection":
+        return evaluate_detector(
+            model,
+            meta,
+            pinned,
+            data_format,
+            data_path,
+            out_dir=out_dir,
+            n_bootstraps=n_bootstraps,
+            skip_unreadable=skip_unreadable,
+        )
+    data_format = data_format or "csv"
     items = load_datalist(data_format, data_path)
     items, skipped = check_readable(items, skip_unreadable=skip_unreadable)
     transform = classification_transforms(
@@ -75,8 +89,87 @@ def evaluate_registered(
             if k in ("sensitivity", "specificity", "ppv", "npv", "accuracy", "tp", "fp", "tn", "fn")
         },
     }
+    return _write_report(report, out_dir)
+
+
+def _write_report(report: dict[str, Any], out_dir: str | Path | None) -> dict[str, Any]:
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in report.items()}
+
+
+def evaluate_detector(
+    model: Any,
+    meta: dict[str, Any],
+    model_uri: str,
+    data_format: str | None,
+    data_path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    n_bootstraps: int = 1000,
+    skip_unreadable: bool = False,
+) -> dict[str, Any]:
+    """A registered tumour detector on a detection datalist: FROC/CPM, mAP, volume AUROC, and sensitivity and
+    false positives per volume at the threshold registered with the model (nothing is re-tuned here)."""
+    from medvision.constants import BOX_LABELS, BOXES, IMAGE
+    from medvision.data.detection import check_volumes, load_detection_datalist
+    from medvision.engine.detect import MERGE_DEFAULTS, DetectorBundle, detect_volume
+    from medvision.metrics.detection import coco_map, froc, match_detections, volume_auroc
+
+    fmt = data_format or ("detection" if str(data_path).lower().endswith(".json") else "csv")
+    bundle = DetectorBundle(model, meta, model_uri, torch.device("cpu"))
+    items = load_detection_datalist(fmt, data_path)
+    items, skipped = check_volumes(items, skip_bad=skip_unreadable)
+    chain = bundle.transforms()
+    merge = {**MERGE_DEFAULTS, **dict(meta.get("merge") or {})}
+    volumes = []
+    for item in items:
+        data = chain(
+            {
+                IMAGE: item[IMAGE],
+                BOXES: np.asarray(item.get(BOXES) or np.zeros((0, 6)), dtype=np.float32).reshape(-1, 6),
+                BOX_LABELS: np.asarray(item.get(BOX_LABELS) or [], dtype=np.int64),
+            }
+        )
+        boxes, scores, _ = detect_volume(model, data[IMAGE], merge=merge)
+        volumes.append({"pred_boxes": boxes, "pred_scores": scores, "true_boxes": np.asarray(data[BOXES])})
+    iou = float(meta.get("iou_threshold", 0.1))
+    threshold = bundle.threshold
+    curve = froc(volumes, iou_threshold=iou)
+    coco = coco_map(volumes, iou=iou)
+    tp = fp = 0
+    for v in volumes:
+        keep = v["pred_scores"] >= threshold
+        hits, matched = match_detections(
+            v["pred_boxes"][keep], v["pred_scores"][keep], v["true_boxes"], iou_threshold=iou
+        )
+        tp += int(hits.sum())
+        fp += int((matched == -1).sum())
+    n_lesions = int(sum(len(v["true_boxes"]) for v in volumes))
+    scores = [float(v["pred_scores"].max()) if len(v["pred_scores"]) else 0.0 for v in volumes]
+    labels = [int(len(v["true_boxes"]) > 0) for v in volumes]
+    auc = (
+        volume_auroc(scores, labels, n_bootstraps=n_bootstraps)
+        if 0 < sum(labels) < len(labels)
+        else {"auroc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    )
+    report: dict[str, Any] = {
+        "model_uri": model_uri,
+        "task": "detection",
+        "n_volumes": len(volumes),
+        "n_lesions": n_lesions,
+        "skipped_volumes": len(skipped),
+        "cpm": curve["cpm"],
+        **{f"sens_at_{r:g}fp": s for r, s in curve["at_fp"].items()},
+        "map": coco["map"],
+        "volume_auroc": auc["auroc"],
+        "volume_auroc_ci_low": auc["ci_low"],
+        "volume_auroc_ci_high": auc["ci_high"],
+        "threshold": threshold,
+        "sensitivity": tp / n_lesions if n_lesions else float("nan"),
+        "fp_per_volume": fp / len(volumes) if volumes else float("nan"),
+        "iou_threshold": iou,
+    }
+    return _write_report(report, out_dir)

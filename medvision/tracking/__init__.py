@@ -13,6 +13,7 @@ from __future__ import annotations
 from medvision.tracking.card import render_model_card
 from medvision.tracking.models import (
     load_classifier,
+    load_model_with_metadata,
     load_state_dict_from_uri,
     log_classifier,
     model_provenance,
@@ -30,6 +31,7 @@ __all__ = [
     "ensure_tracking_available",
     "flatten_config",
     "load_classifier",
+    "load_model_with_metadata",
     "load_state_dict_from_uri",
     "log_classifier",
     "model_provenance",

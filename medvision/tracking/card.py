@@ -36,7 +36,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["NOT_RECORDED", "render_model_card"]
+__all__ = ["NOT_RECORDED", "render_detector_card", "render_model_card"]
 
 #: What a missing value reads as.
 NOT_RECORDED = "not recorded"
@@ -375,6 +375,79 @@ def render_model_card(info: Mapping[str, Any]) -> str:
         _operating_point_section(op),
         _calibration_section(info, meta),
         _subgroups_section(info),
+        _limitations_section(info, weights_source),
+        _provenance_section(info, meta),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _detection_metrics_section(info: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
+    m = _section(info, "metrics")
+    at_fp = [k for k in m if isinstance(k, str) and k.startswith("test_sens_at_")]
+    lines = [
+        "## Metrics (test split)",
+        "",
+        f"Test volumes: {_count(m.get('test_n_volumes'))}; lesions: {_count(m.get('test_n_lesions'))}.",
+        "",
+        _row("Metric", "Value"),
+        _row("---", "---"),
+        _row("CPM (mean sensitivity at 1/8 ... 8 FP per volume)", _num(m.get("test_cpm"))),
+        *(_row(f"Sensitivity at {k.removeprefix('test_sens_at_')} per volume", _num(m.get(k))) for k in at_fp),
+        _row(f"mAP at IoU {_num(m.get('iou_threshold'), 2)} (COCO, MONAI)", _num(m.get("test_map"))),
+        _row(
+            "Volume-level AUROC (tumour present)",
+            f"{_num(m.get('test_volume_auroc'))}"
+            f" ({_ci(m.get('test_volume_auroc_ci_low'), m.get('test_volume_auroc_ci_high'))})",
+        ),
+        _row("Validation CPM", _num(m.get("val_cpm"))),
+    ]
+    threshold = _first(m.get("threshold"), meta.get("threshold"))
+    lines += [
+        "",
+        "## Operating point",
+        "",
+        f"- **Score threshold:** {_num(threshold, 4)}, chosen on validation at {_num(m.get('fp_rate'), 3)}"
+        " false positives per volume; a volume is flagged when its highest box score reaches it.",
+        f"- **Test sensitivity at the threshold:** {_num(m.get('test_sensitivity'))}"
+        f" ({_ci(m.get('test_sensitivity_ci_low'), m.get('test_sensitivity_ci_high'))});"
+        f" false positives per volume: {_num(m.get('test_fp_per_volume'))}.",
+        "",
+        "**Definition of a hit.** A predicted 3D box finds a lesion when its 3D intersection over union with the"
+        f" lesion's true box is at least {_num(m.get('iou_threshold'), 2)} (the lenient LUNA16-style criterion used"
+        " with MONAI's detection metrics). Each lesion is found at most once (the highest-scoring box that hits"
+        " it); further boxes on a found lesion are ignored; every other box is a false positive.",
+    ]
+    bands = m.get("size_bands")
+    if isinstance(bands, Sequence) and bands:
+        lines += ["", "## Sensitivity by lesion size (longest side)", "", _row("Band", "Lesions", "Sensitivity")]
+        lines.append(_row("---", "---:", "---:"))
+        for band in bands:
+            if isinstance(band, Mapping):
+                lines.append(_row(_text(band.get("band")), _count(band.get("n")), _num(band.get("sensitivity"))))
+    return lines
+
+
+def render_detector_card(info: Mapping[str, Any]) -> str:
+    """Render the model card of a tumour detector as Markdown (same keys as :func:`render_model_card`;
+    ``metrics`` is the dict of :func:`medvision.metrics.detection.evaluate_detection`)."""
+    info = info if isinstance(info, Mapping) else {}
+    meta = _section(info, "metadata")
+    name = _first(info.get("name"), meta.get("name"))
+    version = _first(info.get("version"), meta.get("version"))
+    title = f"# Model card: {_text(name)}" + (f" v{_text(version)}" if not _missing(version) else "")
+    weights_source = _first(info.get("weights_source"), meta.get("weights_source"))
+    model = _model_section(info, meta)
+    model += [
+        f"- **Input:** {_text(2 * int(meta.get('context', 1)) + 1)} adjacent axial slices at"
+        f" {_text(meta.get('spacing'))} mm, {_text(meta.get('modality'))} normalisation",
+        "- **Architecture:** 2.5D RetinaNet (torchvision) on a ResNet feature pyramid; slice boxes merged into 3D",
+    ]
+    sections = [
+        [title],
+        model,
+        _intended_use_section(info, meta),
+        _data_section(info),
+        _detection_metrics_section(info, meta),
         _limitations_section(info, weights_source),
         _provenance_section(info, meta),
     ]

@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_ALIASES",
     "MODEL_NAME",
     "load_classifier",
+    "load_model_with_metadata",
     "load_state_dict_from_uri",
     "log_classifier",
     "model_provenance",
@@ -251,9 +252,12 @@ def _unwrap(model: Any) -> Any:
 
 
 def _architecture(model: Any) -> dict[str, Any] | None:
-    """How to rebuild a medvision Classifier (``None`` for other modules)."""
+    """How to rebuild a medvision Classifier or SliceDetector (``None`` for other modules)."""
     from medvision.models.classifier import Classifier
+    from medvision.models.detector import SliceDetector
 
+    if isinstance(model, SliceDetector):
+        return dict(model.architecture)
     if not isinstance(model, Classifier):
         return None
     return {
@@ -450,10 +454,23 @@ def log_classifier(
 
 
 def _rebuild(architecture: Mapping[str, Any], loaded: torch.nn.Module, uri: str) -> torch.nn.Module:
-    """A medvision Classifier built from ``architecture`` with the weights of ``loaded``."""
+    """A medvision Classifier (or SliceDetector) built from ``architecture`` with the weights of ``loaded``."""
     from medvision.models import create_model
+    from medvision.models.detector import DETECTOR_CLASS, create_detector
     from medvision.models.weights import load_state_dict_exact
 
+    if architecture.get("class") == DETECTOR_CLASS:
+        kwargs = {k: v for k, v in architecture.items() if k not in ("class", "backbone")}
+        detector = create_detector(str(architecture["backbone"]), weights="none", progress=False, **kwargs)
+        load_state_dict_exact(
+            detector,
+            loaded.state_dict(),
+            where=uri,
+            what=f"{architecture['backbone']} 2.5D detector recorded in the model's metadata",
+            fix="log the model again with medvision.tracking.log_classifier",
+        )
+        detector.weights_source = f"mlflow:{uri}"
+        return detector.eval()
     model = create_model(
         str(architecture["backbone"]),
         weights="none",
@@ -502,6 +519,14 @@ def _load(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, dict[str
     except NotImplementedError:
         pass  # an exported graph: it was exported in eval mode and cannot switch
     return module, metadata, pinned
+
+
+def load_model_with_metadata(
+    uri: str, *, tracking_uri: str | None = None
+) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """``(module, metadata, pinned_uri)``: like :func:`load_classifier`, for any medvision model, with the
+    version the alias pointed to (``models:/NAME/VERSION``)."""
+    return _load(uri, tracking_uri)
 
 
 def load_classifier(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -1,0 +1,702 @@
+"""Train, evaluate and register a 2.5D tumour detector (``task: detection``).
+
+Flow: datalist (MONAI detection JSON, Decathlon images + label masks, or CSV) -> every volume checked from
+its header (all problems listed before training) -> patient-level splits -> each volume through the
+deterministic MONAI chain once (RAS, spacing, intensity; boxes follow) and kept in memory -> per epoch the
+random MONAI box transforms (flips, 90-degree rotations, zoom) on every training volume, then every slice
+with a lesion and ``negatives_per_positive`` times as many without -> torchvision RetinaNet on slice stacks
+(:mod:`medvision.models.detector`) -> per epoch the validation CPM on whole volumes (slice boxes merged into
+3D boxes, :mod:`medvision.engine.detect`) -> the best checkpoint evaluated on test (FROC, CPM, mAP, size
+bands, volume AUROC; :mod:`medvision.metrics.detection`) -> evidence and model to MLflow.
+
+Why a plain loop rather than MONAI's ``SupervisedTrainer``: the same reasons as the classifier's
+(:mod:`medvision.engine.classification`): exact resume into the same MLflow run, per-epoch reseeding and
+queued MLflow delivery, plus here a per-epoch slice sampling that a fixed-length dataset does not express.
+Detection trains in one process (no DDP yet: the volumes are few and the slice loop is cheap to restart).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import medvision
+from medvision.config import ExperimentConfig, to_yaml
+from medvision.constants import BOX_LABELS, BOXES, IMAGE
+from medvision.engine.checkpoint import load_checkpoint, save_checkpoint
+from medvision.engine.classification import (
+    TrainingError,
+    TrainResult,
+    _hash_salt,
+    _make_optimizer,
+    _progress,
+    dataset_digest,
+    git_state,
+    invocation_tags,
+    package_versions,
+    seed_everything,
+)
+from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
+from medvision.engine.distributed import cleanup, init_distributed
+from medvision.errors import ConfigError, DataError, MedvisionError
+
+__all__ = ["load_detector", "predict_volume", "train_detection"]
+
+log = logging.getLogger(__name__)
+
+#: How many test volumes get an example-slice PNG in the evidence.
+N_EXAMPLES = 6
+
+
+def _volume_chain(cfg: ExperimentConfig, *, train: bool) -> Any:
+    from medvision.data.detection_transforms import detection_transforms
+
+    v = cfg.data.volume
+    return detection_transforms(
+        spacing=v.spacing,
+        modality=v.modality,
+        ct_window=v.ct_window,
+        mr_percentiles=v.mr_percentiles,
+        train=train,
+        augment={"enabled": v.augment},
+    )
+
+
+def _preprocess(
+    items: list[dict[str, Any]], chain: Any, *, skip_bad: bool, progress: bool, desc: str
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every item through the deterministic chain once; bad volumes listed together (or skipped)."""
+    done: list[dict[str, Any]] = []
+    bad: list[tuple[str, str]] = []
+    for item in _progress(items, total=len(items), desc=desc, enabled=progress):
+        sample = {
+            IMAGE: item[IMAGE],
+            BOXES: np.asarray(item.get(BOXES) or np.zeros((0, 6)), dtype=np.float32).reshape(-1, 6),
+            BOX_LABELS: np.asarray(item.get(BOX_LABELS) or [], dtype=np.int64),
+        }
+        try:
+            out = chain(sample)
+        except MedvisionError as exc:
+            bad.append((str(item[IMAGE]), exc.one_line()))
+            continue
+        except Exception as exc:  # a volume MONAI cannot transform is named, not fatal to the listing
+            bad.append((str(item[IMAGE]), f"{type(exc).__name__}: {exc}"))
+            continue
+        done.append({**item, "_image": out[IMAGE], "_boxes": torch.as_tensor(out[BOXES]).float().reshape(-1, 6)})
+    if bad and not skip_bad:
+        raise DataError(
+            str(items[0].get("source") or "datalist") if items else "datalist",
+            f"{len(bad)} volume(s) cannot be preprocessed: " + "; ".join(f"{p}: {r}" for p, r in bad[:10]),
+            "fix or remove them, or set data.skip_unreadable: true (--skip-unreadable) to train without them",
+        )
+    for path, reason in bad:
+        log.warning("skipped volume %s: %s", path, reason)
+    return done, bad
+
+
+def _slice_shape(volumes: list[dict[str, Any]]) -> tuple[int, int]:
+    shapes = np.array([tuple(v["_image"].shape[1:3]) for v in volumes])
+    x, y = np.median(shapes, axis=0)
+    return int(y), int(x)  # (H, W) = (y, x)
+
+
+def _predict_split(
+    model: Any, volumes: list[dict[str, Any]], device: torch.device, merge: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    out = []
+    for v in volumes:
+        boxes, scores, keys = detect_volume(model, v["_image"], merge=merge, device=device)
+        out.append({"pred_boxes": boxes, "pred_scores": scores, "true_boxes": v["_boxes"].numpy(), "key_slices": keys})
+    return out
+
+
+def _val_cpm(preds: list[dict[str, Any]], iou: float) -> float:
+    from medvision.metrics.detection import froc
+
+    if not any(len(p["true_boxes"]) for p in preds):
+        return float("nan")
+    return float(froc(preds, iou_threshold=iou)["cpm"])
+
+
+def _batch(
+    volumes: list[tuple[Any, Any]],
+    indices: list[Any],
+    context: int,
+    device: torch.device,
+    *,
+    crop: int | None,
+    rng: np.random.Generator,
+) -> tuple:
+    from medvision.data.slices import crop_sample, slice_boxes, slice_stack
+
+    images, targets = [], []
+    for idx in indices:
+        image, boxes = volumes[idx.volume]
+        stack, b = crop_sample(slice_stack(image, idx.k, context), slice_boxes(boxes, idx.k), crop, rng)
+        images.append(stack.to(device))
+        targets.append({"boxes": b.to(device), "labels": torch.zeros(len(b), dtype=torch.long, device=device)})
+    return images, targets
+
+
+def train_detection(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    config_path: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Train, evaluate and register a tumour detector as described by ``cfg`` (module docstring).
+
+    Args:
+        cfg: the validated config (``task: detection``).
+        resume: continue from ``<output_dir>/<experiment>/checkpoints/last.pt`` into the same MLflow run.
+        progress: progress bars.
+        config_path: the YAML file (tagged).
+        tags: more tags for a new run.
+    """
+    from medvision.data import assign_splits, split_summary
+    from medvision.data.detection import check_volumes, load_detection_datalist
+    from medvision.data.slices import epoch_slices
+    from medvision.data.transforms import MedvisionCompose
+    from medvision.models.detector import create_detector
+    from medvision.tracking import PhiGuard, RunTracker, ensure_tracking_available, flatten_config, resolve_tracking_uri
+
+    if cfg.data.format not in ("detection", "decathlon", "csv"):
+        raise ConfigError(
+            "data.format", f"{cfg.data.format!r} is a classification format", "use detection, decathlon or csv"
+        )
+    ctx = init_distributed(cfg.train.device)
+    try:
+        if ctx.distributed:
+            raise ConfigError("train", "detection trains in one process", "run `medvision train` without torchrun")
+        device = ctx.device
+        out_dir = Path(cfg.train.output_dir) / cfg.experiment
+        ckpt_dir = out_dir / "checkpoints"
+        last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+
+        uri, fallback_warning = ensure_tracking_available(
+            resolve_tracking_uri(cfg.tracking.uri), required=cfg.tracking.required
+        )
+        if fallback_warning:
+            log.warning(fallback_warning)
+
+        seed_everything(cfg.train.seed)
+        items = load_detection_datalist(cfg.data.format, cfg.data.path, min_voxels=cfg.data.volume.min_lesion_voxels)
+        try:
+            items, skipped = check_volumes(items, skip_bad=cfg.data.skip_unreadable)
+        except DataError as exc:
+            error = DataError(
+                exc.where, exc.reason, "fix or remove them, or train without them with --skip-unreadable"
+            )
+            error.problems = getattr(exc, "problems", [])  # type: ignore[attr-defined]
+            raise error from exc
+        for name, reason in skipped:
+            log.warning("skipped %s: %s", name, reason)
+        if not items:
+            raise DataError(str(cfg.data.path), "no usable volume left", "fix the volumes listed above")
+        splits = assign_splits(
+            items, by=cfg.data.split.by, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed
+        )
+        chain = _volume_chain(cfg, train=False)
+        train_chain = _volume_chain(cfg, train=True)
+        augment = MedvisionCompose(train_chain.transforms[len(chain.transforms) :], log_stats=False)
+        prepared: dict[str, list[dict[str, Any]]] = {}
+        for name in ("train", "val", "test"):
+            prepared[name], bad = _preprocess(
+                splits[name], chain, skip_bad=cfg.data.skip_unreadable, progress=progress, desc=f"preparing {name}"
+            )
+            skipped += bad
+        for name in ("train", "val"):
+            if not any(len(v["_boxes"]) for v in prepared[name]):
+                raise DataError(
+                    str(cfg.data.path),
+                    f"the {name} split holds no lesion ({len(prepared[name])} volumes)",
+                    "use more volumes with lesions or change data.split",
+                )
+        summary = split_summary(splits)
+        slice_shape = _slice_shape(prepared["train"])
+
+        mean = std = None
+        if cfg.data.volume.modality == "CT":  # windowed to [0, 1]: ImageNet statistics apply
+            from medvision.models import get_spec
+
+            spec = get_spec(cfg.model.backbone)
+            n = 2 * cfg.model.context + 1
+            mean = [float(np.mean(spec.mean))] * n
+            std = [float(np.mean(spec.std))] * n
+        model = create_detector(
+            cfg.model.backbone,
+            weights=cfg.model.weights,
+            allow_random_fallback=cfg.model.allow_random_fallback,
+            context=cfg.model.context,
+            fpn_channels=cfg.model.fpn_channels,
+            anchor_sizes=cfg.model.anchor_sizes,
+            upsample=cfg.model.upsample,
+            slice_shape=slice_shape,
+            image_mean=mean,
+            image_std=std,
+        )
+        weights_source = model.weights_source
+        if weights_source.startswith("random-init"):
+            log.warning("weights are a RANDOM INITIALISATION, not ImageNet (%s); tagged weights_source", weights_source)
+        else:
+            log.info("weights source: %s", weights_source)
+        model.to(device)
+        optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+            if cfg.train.scheduler == "cosine"
+            else None
+        )
+        start_epoch, best_cpm, bad_epochs, run_id = 0, -math.inf, 0, None
+        have_best = resume and best_path.exists()
+        if resume:
+            state = load_checkpoint(last_path)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            start_epoch, best_cpm = int(state["epoch"]) + 1, float(state["best_metric"])
+            bad_epochs, run_id = int(state["bad_epochs"]), state.get("run_id") or None
+            log.info("resuming at epoch %d from %s (MLflow run %s)", start_epoch + 1, last_path, run_id)
+
+        merge = dict(MERGE_DEFAULTS)
+        iou = cfg.evaluate.iou_threshold
+        tracker: Any = RunTracker(
+            uri,
+            cfg.experiment,
+            run_id=run_id,
+            run_name=f"{cfg.model.backbone}-detector-{cfg.train.seed}",
+            phi_guard=PhiGuard.from_items(items),
+            delivery_wait_s=cfg.tracking.delivery_wait_s,
+            local_dir=out_dir,
+            recovery_hint=f"once the server is back, `medvision train CONFIG --resume` continues from {last_path}",
+        )
+        with tracker:
+            run_id = tracker.run_id
+            digest = dataset_digest(items)
+            if not resume:
+                tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
+                tracker.set_tags(
+                    {
+                        "weights_source": weights_source,
+                        "dataset_digest": digest,
+                        "task": cfg.task,
+                        "medvision_version": medvision.__version__,
+                        "backbone": cfg.model.backbone,
+                        "device": device.type,
+                        "seed": str(cfg.train.seed),
+                        **git_state(),
+                        **invocation_tags(config_path),
+                        **dict(tags or {}),
+                    }
+                )
+                if fallback_warning:
+                    tracker.set_tags({"tracking_fallback": fallback_warning})
+                tracker.log_text(to_yaml(cfg), "config/resolved_config.yaml")
+                tracker.log_dict(
+                    {
+                        "packages": package_versions(),
+                        "splits": summary,
+                        "slice_shape": list(slice_shape),
+                        "skipped_volumes": [reason for _, reason in skipped],
+                    },
+                    "config/environment.json",
+                )
+                if skipped:
+                    tracker.log_metrics({"skipped_volumes": float(len(skipped))})
+
+            epochs_run = start_epoch
+            volumes_train = prepared["train"]
+            for epoch in range(start_epoch, cfg.train.epochs):
+                epoch_start = time.perf_counter()
+                epoch_seed = cfg.train.seed * 10_007 + epoch
+                torch.manual_seed(epoch_seed)
+                np.random.seed(epoch_seed % 2**32)
+                rng = np.random.default_rng(epoch_seed)
+                augment.set_random_state(seed=epoch_seed % 2**32)
+                if cfg.data.volume.augment:
+                    vols = []
+                    for v in volumes_train:
+                        out = augment(
+                            {IMAGE: v["_image"], BOXES: v["_boxes"], BOX_LABELS: torch.zeros(len(v["_boxes"]))}
+                        )
+                        vols.append((out[IMAGE], torch.as_tensor(out[BOXES]).float().reshape(-1, 6)))
+                else:
+                    vols = [(v["_image"], v["_boxes"]) for v in volumes_train]
+                samples = epoch_slices(vols, negatives_per_positive=cfg.data.volume.negatives_per_positive, rng=rng)
+                bs = cfg.train.batch_size
+                batches = [samples[i : i + bs] for i in range(0, len(samples), bs)]
+                if cfg.train.max_batches_per_epoch is not None:
+                    batches = batches[: cfg.train.max_batches_per_epoch]
+                model.train()
+                frozen = epoch < cfg.train.warmup_frozen_epochs
+                model.freeze_backbone(frozen)
+                losses, cls_losses, box_losses = [], [], []
+                for step, chunk in enumerate(
+                    _progress(
+                        batches, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=progress
+                    )
+                ):
+                    images, targets = _batch(
+                        vols, chunk, model.context, device, crop=cfg.data.volume.train_crop, rng=rng
+                    )
+                    parts = model.loss(images, targets)
+                    loss = sum(parts.values())
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            str(last_path if last_path.exists() else ckpt_dir),
+                            f"loss became NaN at epoch {epoch + 1}, batch {step + 1}; the last good checkpoint is kept",
+                            "lower train.lr, check the volumes, or resume with --resume",
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                    cls_losses.append(float(parts["classification"].detach()))
+                    box_losses.append(float(parts["bbox_regression"].detach()))
+                if scheduler is not None:
+                    scheduler.step()
+                train_seconds = time.perf_counter() - epoch_start
+
+                validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
+                val_cpm = float("nan")
+                if validate:
+                    val_preds = _predict_split(model, prepared["val"], device, merge)
+                    val_cpm = _val_cpm(val_preds, iou)
+                    improved = math.isfinite(val_cpm) and val_cpm > best_cpm
+                    if improved or not have_best:
+                        have_best = True
+                        best_cpm = val_cpm if improved else best_cpm
+                        bad_epochs = 0 if improved else bad_epochs
+                        save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "val_cpm": val_cpm})
+                    if not improved:
+                        bad_epochs += 1
+                seconds = time.perf_counter() - epoch_start
+                epoch_metrics = {
+                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                    "train_loss_classification": float(np.mean(cls_losses)) if cls_losses else float("nan"),
+                    "train_loss_box": float(np.mean(box_losses)) if box_losses else float("nan"),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "epoch_seconds": seconds,
+                    "train_seconds": train_seconds,
+                    "train_slices": float(len(samples)),
+                    "backbone_frozen": float(frozen),
+                }
+                if validate:
+                    epoch_metrics["val_cpm"] = val_cpm
+                tracker.log_metrics(epoch_metrics, step=epoch)
+                save_checkpoint(
+                    last_path,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                        "epoch": epoch,
+                        "best_metric": best_cpm,
+                        "bad_epochs": bad_epochs,
+                        "run_id": tracker.run_id or "",
+                    },
+                )
+                es = cfg.train.early_stop
+                stop = es is not None and bad_epochs >= es.patience
+                print(
+                    f"epoch {epoch + 1}/{cfg.train.epochs}  train_loss {np.mean(losses):.4f}  "
+                    + (f"val_cpm {val_cpm:.4f}  " if validate else "")
+                    + f"({seconds:.1f} s, training {train_seconds:.1f} s, {len(samples)} slices)"
+                    f"{'  early stop' if stop else ''}",
+                    flush=True,
+                )
+                epochs_run = epoch + 1
+                if stop:
+                    break
+
+            result = TrainResult(
+                run_id=run_id,
+                output_dir=out_dir,
+                weights_source=weights_source,
+                epochs_run=epochs_run,
+                tracking_uri=uri,
+            )
+            _finish(
+                cfg,
+                result,
+                model=model,
+                best_path=best_path,
+                prepared=prepared,
+                tracker=tracker,
+                summary=summary,
+                digest=digest,
+                merge=merge,
+                slice_shape=slice_shape,
+            )
+            return result
+    finally:
+        cleanup(ctx)
+
+
+def _key_slice_for(pred: Mapping[str, Any], true_boxes: np.ndarray) -> int:
+    if len(true_boxes):
+        b = true_boxes[0]
+        return int((b[2] + b[5]) // 2)
+    if len(pred["key_slices"]):
+        return int(pred["key_slices"][0])
+    return -1
+
+
+def _write_examples(
+    art: Path, volumes: list[dict[str, Any]], preds: list[dict[str, Any]], threshold: float, salt: str
+) -> list[Path]:
+    from medvision.metrics.detection_plots import boxes_on_slice, plot_slice_with_boxes
+    from medvision.tracking import salted_hash
+
+    order = [i for i, v in enumerate(volumes) if len(v["_boxes"])][: N_EXAMPLES - 1]
+    order += [i for i, v in enumerate(volumes) if not len(v["_boxes"])][:1]
+    paths = []
+    for i in order:
+        v, p = volumes[i], preds[i]
+        image = v["_image"][0]
+        k = _key_slice_for(p, v["_boxes"].numpy())
+        if k < 0:
+            k = image.shape[2] // 2
+        keep = p["pred_scores"] >= min(threshold, 0.5)
+        true2d, _ = boxes_on_slice(v["_boxes"].numpy(), k)
+        pred2d, pred_scores = boxes_on_slice(p["pred_boxes"][keep], k, scores=p["pred_scores"][keep])
+        name = salted_hash(str(v.get("study_uid") or v[IMAGE]), salt)[:12]
+        paths.append(
+            plot_slice_with_boxes(
+                np.asarray(image[:, :, k]),
+                true2d,
+                pred2d,
+                pred_scores,
+                art / "examples" / f"{name}_z{k}.png",
+                title=f"volume {name}, axial slice {k}: truth green, predictions red",
+            )
+        )
+    return paths
+
+
+def _write_detections(
+    path: Path,
+    volumes: list[dict[str, Any]],
+    preds: list[dict[str, Any]],
+    *,
+    threshold: float,
+    iou: float,
+    spacing: tuple[float, float, float],
+    salt: str,
+) -> Path:
+    """One row per true lesion and per false-positive box at the threshold; volumes by salted hash only."""
+    from monai.data.box_utils import box_iou
+
+    from medvision.metrics.detection import match_detections
+    from medvision.tracking import salted_hash
+
+    rows = []
+    sp = np.asarray(spacing, dtype=float)
+    for v, p in zip(volumes, preds, strict=True):
+        vid = salted_hash(str(v.get("study_uid") or v[IMAGE]), salt)
+        true = v["_boxes"].numpy()
+        keep = p["pred_scores"] >= threshold
+        boxes, scores = p["pred_boxes"][keep], p["pred_scores"][keep]
+        tp, matched = match_detections(boxes, scores, true, iou_threshold=iou)
+        ious = (
+            box_iou(torch.as_tensor(true), torch.as_tensor(p["pred_boxes"])).numpy()
+            if len(true) and len(p["pred_boxes"])
+            else np.zeros((len(true), 0))
+        )
+        for j, box in enumerate(true):
+            size = (box[3:] - box[:3]) * sp
+            best = int(np.argmax(ious[j])) if ious.shape[1] else -1
+            found = bool(np.any(tp & (matched == j)))
+            rows.append(
+                {
+                    "volume_hash": vid,
+                    "kind": "lesion",
+                    "box_voxel": json.dumps([round(float(x), 1) for x in box]),
+                    "longest_side_mm": round(float(size.max()), 1),
+                    "detected_at_threshold": int(found),
+                    "best_iou": round(float(ious[j, best]), 3) if best >= 0 else 0.0,
+                    "best_iou_score": round(float(p["pred_scores"][best]), 4) if best >= 0 else "",
+                }
+            )
+        for b, s, m in zip(boxes, scores, matched, strict=True):
+            if m == -1:
+                rows.append(
+                    {
+                        "volume_hash": vid,
+                        "kind": "false_positive",
+                        "box_voxel": json.dumps([round(float(x), 1) for x in b]),
+                        "longest_side_mm": round(float(((b[3:] - b[:3]) * sp).max()), 1),
+                        "detected_at_threshold": "",
+                        "best_iou": 0.0,
+                        "best_iou_score": round(float(s), 4),
+                    }
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = [
+        "volume_hash",
+        "kind",
+        "box_voxel",
+        "longest_side_mm",
+        "detected_at_threshold",
+        "best_iou",
+        "best_iou_score",
+    ]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _finish(
+    cfg: ExperimentConfig,
+    result: TrainResult,
+    *,
+    model: Any,
+    best_path: Path,
+    prepared: dict[str, list[dict[str, Any]]],
+    tracker: Any,
+    summary: dict[str, Any],
+    digest: str,
+    merge: dict[str, Any],
+    slice_shape: tuple[int, int],
+) -> None:
+    """Evaluate the best checkpoint on test, write the evidence, log and register the detector."""
+    from medvision.metrics import scalar_metrics
+    from medvision.metrics.detection import evaluate_detection
+    from medvision.metrics.detection_plots import plot_froc
+    from medvision.tracking import log_classifier
+    from medvision.tracking.card import render_detector_card
+
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+    model.to("cpu").eval()
+    cpu = torch.device("cpu")
+    val_preds = _predict_split(model, prepared["val"], cpu, merge)
+    test_preds = _predict_split(model, prepared["test"], cpu, merge)
+    if not any(len(p["true_boxes"]) for p in test_preds):
+        raise DataError(str(cfg.data.path), "the test split holds no lesion", "use more volumes or change data.split")
+    spacing = tuple(float(s) for s in cfg.data.volume.spacing)
+    ev = evaluate_detection(
+        val_preds,
+        test_preds,
+        fp_rate=cfg.evaluate.fp_rate,
+        iou_threshold=cfg.evaluate.iou_threshold,
+        n_bootstraps=cfg.evaluate.bootstrap,
+        seed=cfg.train.seed,
+        spacing=spacing,
+    )
+    scalars = {("best_val_cpm" if k == "val_cpm" else k): v for k, v in scalar_metrics(ev).items()}
+    result.metrics = {**scalars, "val_cpm": ev["val_cpm"]}
+    tracker.log_metrics(scalars)
+
+    threshold = float(ev["threshold"]) if math.isfinite(float(ev["threshold"])) else 1.0
+    art = result.output_dir / "evidence"
+    art.mkdir(parents=True, exist_ok=True)
+    salt = _hash_salt(result.output_dir)
+    paths = [
+        plot_froc(ev["froc"], art / "froc.png", label=f"{cfg.model.backbone} 2.5D RetinaNet"),
+        _write_detections(
+            art / "detections.csv",
+            prepared["test"],
+            test_preds,
+            threshold=threshold,
+            iou=cfg.evaluate.iou_threshold,
+            spacing=(spacing[0], spacing[1], spacing[2]),
+            salt=salt,
+        ),
+    ]
+    examples = _write_examples(art, prepared["test"], test_preds, threshold, salt)
+    metrics_doc = {k: v for k, v in ev.items() if k not in ("froc",)}
+    metrics_doc["froc"] = {k: v for k, v in ev["froc"].items() if k in ("cpm", "at_fp", "n_lesions", "n_volumes")}
+    (art / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=_json_default))
+    paths.append(art / "metrics.json")
+    for path in paths:
+        tracker.log_artifact(path, "evidence")
+    for path in examples:
+        tracker.log_artifact(path, "evidence/examples")
+
+    v = cfg.data.volume
+    metadata = {
+        "task": "detection",
+        "backbone": cfg.model.backbone,
+        "context": cfg.model.context,
+        "spacing": list(v.spacing),
+        "modality": v.modality,
+        "ct_window": list(v.ct_window),
+        "mr_percentiles": list(v.mr_percentiles),
+        "slice_shape": list(slice_shape),
+        "threshold": threshold,
+        "fp_rate": cfg.evaluate.fp_rate,
+        "iou_threshold": cfg.evaluate.iou_threshold,
+        "hit": f"3D IoU >= {cfg.evaluate.iou_threshold:g} with a true lesion box (one true positive per lesion)",
+        "volume_score": "highest 3D box score (0 without boxes); flagged when >= threshold",
+        "merge": merge,
+        "intended_use": cfg.intended_use,
+        "weights_source": result.weights_source,
+        "medvision_version": medvision.__version__,
+        "dataset_digest": digest,
+        "labels": ["tumour"],
+        "box_coordinates": "world_mm: RAS millimetres [x0, y0, z0, x1, y1, z1]",
+    }
+    card_info: dict[str, Any] = {
+        "metadata": metadata,
+        "name": cfg.tracking.register_as,
+        "data": {"source": str(cfg.data.path), "format": cfg.data.format, "digest": digest, "splits": summary},
+        "metrics": ev,
+        "provenance": {
+            "run_id": result.run_id,
+            "medvision_version": medvision.__version__,
+            "tracking_uri": result.tracking_uri,
+            **git_state(),
+        },
+    }
+    if cfg.tracking.register_as:
+        h, w = slice_shape
+        example = np.zeros((1, model.in_channels, h, w), dtype=np.float32)
+        name = cfg.tracking.register_as
+        registered = tracker.deliver(
+            lambda: log_classifier(
+                model,
+                input_example=example,
+                metadata=metadata,
+                registered_name=name,
+                alias=cfg.tracking.alias,
+                serialization_format="pickle",
+            ),
+            f"the model (registration as {name}@{cfg.tracking.alias})",
+        )
+        result.model_uri, result.model_version = registered["model_uri"], str(registered["version"])
+        card_info.update(
+            {"version": registered["version"], "model_uri": registered["model_uri"], "alias": cfg.tracking.alias}
+        )
+    card = art / "model_card.md"
+    card.write_text(render_detector_card(card_info))
+    tracker.log_artifact(card, "evidence")
+    print(
+        f"test_cpm {ev['test_cpm']:.4f}  test_map {ev['test_map']:.4f}  "
+        f"test_volume_auroc {ev['test_volume_auroc']:.4f}  sensitivity {ev['test_sensitivity']:.3f} at "
+        f"{ev['test_fp_per_volume']:.2f} FP/volume (threshold {threshold:.3f})",
+        flush=True,
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float | np.floating):
+        return float(value)
+    return str(value)

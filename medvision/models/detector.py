@@ -1,0 +1,260 @@
+"""2.5D tumour detector: adjacent slices as the channels of an ImageNet ResNet, a feature pyramid, RetinaNet.
+
+A CT or MR volume is read slice by slice along its axial (RAS ``z``) axis. Slice ``k`` and its
+``context`` neighbours on each side become the input channels (``2 * context + 1``; three by default, so
+that the RGB filters of an ImageNet-pretrained first convolution apply as they are). The backbone is a
+ResNet from the shared registry (:mod:`medvision.models.registry`, weights through torchvision's weights
+API and the torch hub cache, source logged), its ``layer2``-``layer4`` feed torchvision's feature pyramid
+(``BackboneWithFPN``), and torchvision's ``RetinaNet`` (focal loss, anchor matching, box coder, 2D NMS)
+predicts 2D boxes per slice. :mod:`medvision.engine.detection` merges the slice boxes into 3D boxes.
+
+Why torchvision's RetinaNet and not MONAI's ``RetinaNetDetector``: in 2D both wrap the same design, and
+torchvision's takes any ``BackboneWithFPN`` built from the registry's ResNet (so the ImageNet weights are
+loaded by the same code as the classifier's) and handles resizing and normalisation in one place; MONAI's
+detector shines in 3D, which is not what lets ImageNet weights apply.
+
+Image layout. A slice tensor is ``(C, H, W) = (channels, y, x)`` of the RAS volume, so torchvision's box
+``(x1, y1, x2, y2)`` is ``(x0, y0, x1, y1)`` of the volume's voxel grid, ``[min, max)`` in voxel indices.
+
+Choices for small lesions: the pyramid levels P3-P5 (strides 8-32) plus torchvision's max-pool level, with
+anchors from 8 px (configurable; the defaults fit 5-60 mm lesions at 1-2 mm voxels), and 128 pyramid
+channels instead of 256 (the head's eight 3x3 convolutions dominate the cost; measured 4x fewer FLOPs for the
+same recall on the demo data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from functools import partial
+
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from medvision.errors import ConfigError
+from medvision.models.registry import get_spec
+
+__all__ = ["DETECTOR_CLASS", "ConstantScaleTransform", "SliceDetector", "create_detector"]
+
+logger = logging.getLogger(__name__)
+
+#: The ``class`` recorded in a registered detector's architecture metadata.
+DETECTOR_CLASS = "medvision.models.SliceDetector"
+
+_RETURN_LAYERS = {"layer2": "0", "layer3": "1", "layer4": "2"}
+_LEVELS = 4  # P3, P4, P5 and torchvision's extra max-pool level
+
+
+class SliceDetector(nn.Module):
+    """torchvision RetinaNet on a registry ResNet with a feature pyramid, for stacks of adjacent slices.
+
+    Use :func:`create_detector`. ``forward(images)`` in eval mode takes a batch tensor ``(N, C, H, W)``
+    and returns a padded tensor ``(N, D, 6)`` of ``[x1, y1, x2, y2, score, label]`` rows (score ``-1``
+    pads), so that the model can be logged and served like any module taking one tensor;
+    :meth:`detect` returns torchvision's list of dicts; :meth:`loss` trains.
+
+    Attributes:
+        architecture: the keyword arguments that rebuild this detector with :func:`create_detector`.
+        weights_source: where the backbone's initial weights came from (``imagenet:...``,
+            ``random-init (...)``, ``none``, ``checkpoint:...``, ``mlflow:...``).
+    """
+
+    def __init__(self, retinanet: RetinaNet, architecture: dict[str, Any], weights_source: str) -> None:
+        super().__init__()
+        self.retinanet = retinanet
+        self.architecture = dict(architecture)
+        self.weights_source = weights_source
+
+    @property
+    def in_channels(self) -> int:
+        """Slices per input stack (``2 * context + 1``)."""
+        return 2 * int(self.architecture["context"]) + 1
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side of the centre slice."""
+        return int(self.architecture["context"])
+
+    def loss(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """torchvision's losses (``classification``, ``bbox_regression``) for one batch (train mode)."""
+        return self.retinanet(list(images), [dict(t) for t in targets])
+
+    def detect(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
+        """Boxes, scores and labels per image, in input pixel coordinates (eval mode)."""
+        return self.retinanet(list(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Padded detections ``(N, D, 6)``: ``x1, y1, x2, y2, score, label``; score ``-1`` marks padding."""
+        found = self.detect(images)
+        d = int(self.retinanet.detections_per_img)
+        out = torch.full((len(found), d, 6), -1.0, dtype=torch.float32, device=images.device)
+        for i, f in enumerate(found):
+            n = min(d, int(f["scores"].shape[0]))
+            out[i, :n, :4] = f["boxes"][:n].float()
+            out[i, :n, 4] = f["scores"][:n].float()
+            out[i, :n, 5] = f["labels"][:n].float()
+        return out
+
+    def freeze_backbone(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) the ResNet body; the pyramid and the head keep training."""
+        for param in self.retinanet.backbone.body.parameters():
+            param.requires_grad = not freeze
+
+
+class ConstantScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise-resize-batch step with a constant scale factor instead of a target size.
+
+    torchvision resizes every image so that its shorter side reaches ``min_size``; a training crop and a whole
+    slice would then be enlarged differently, and a lesion would have another size in pixels at training and
+    at inference. Here every input is scaled by the same ``scale`` (1 = unchanged), so pixels keep their size
+    in millimetres; boxes are mapped back by torchvision's ``postprocess`` as before.
+    """
+
+    def __init__(self, scale: float, image_mean: list[float], image_std: list[float]) -> None:
+        super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std, size_divisible=32)
+        self.scale = float(scale)
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, Any]:
+        if self.scale == 1.0:
+            return image, target
+        h, w = image.shape[-2:]
+        image = torch.nn.functional.interpolate(
+            image[None], scale_factor=self.scale, mode="bilinear", align_corners=False, recompute_scale_factor=True
+        )[0]
+        if target is not None and "boxes" in target:
+            target = {**target, "boxes": resize_boxes(target["boxes"], (h, w), tuple(image.shape[-2:]))}
+        return image, target
+
+
+def _anchor_generator(sizes: Sequence[float]) -> AnchorGenerator:
+    if len(sizes) != _LEVELS or any(float(s) <= 0 for s in sizes):
+        raise ConfigError(
+            "model.anchor_sizes",
+            f"needs {_LEVELS} positive sizes (pixels, one per pyramid level P3, P4, P5, P6), got {list(sizes)!r}",
+            "use e.g. [8, 16, 32, 64]",
+        )
+    # Three scales per octave, as RetinaNet's paper and torchvision's default.
+    per_level = tuple(tuple(int(round(float(s) * 2 ** (i / 3))) for i in range(3)) for s in sizes)
+    return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * _LEVELS)
+
+
+def create_detector(
+    backbone: str = "resnet50",
+    *,
+    weights: str = "imagenet",
+    allow_random_fallback: bool = False,
+    context: int = 1,
+    fpn_channels: int = 128,
+    anchor_sizes: Sequence[float] = (8, 16, 32, 64),
+    upsample: float = 1.0,
+    slice_shape: Sequence[int] = (128, 128),
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 20,
+    progress: bool = True,
+) -> SliceDetector:
+    """A 2.5D RetinaNet detector on a registry ResNet (module docstring).
+
+    Args:
+        backbone: a ResNet of the registry (``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``).
+        weights: the backbone's initial weights, as for :func:`medvision.models.create_model`
+            (``imagenet``, ``none``, a checkpoint file, an MLflow URI of a classifier).
+        allow_random_fallback: start from a random initialisation when ImageNet weights are not
+            available (logged as ``random-init (...)``, never passed off as ImageNet).
+        context: neighbouring slices on each side (input channels ``2 * context + 1``).
+        fpn_channels: channels of the feature pyramid and the RetinaNet head.
+        anchor_sizes: base anchor size in network-input pixels for P3, P4, P5, P6.
+        upsample: every input (training crop or whole slice) is enlarged by this factor inside the network
+            (:class:`ConstantScaleTransform`); boxes are returned in slice pixels.
+        slice_shape: ``(H, W)`` of a typical whole slice (recorded; the example input of the logged model).
+        image_mean, image_std: per-channel normalisation inside the network; default: none (0 and 1),
+            right for z-scored MR; use the ImageNet statistics for inputs in [0, 1] (CT windows).
+        score_thresh, nms_thresh, detections_per_img: torchvision's per-slice post-processing.
+        progress: show the ImageNet download progress.
+
+    Raises:
+        ConfigError: a backbone that is not a ResNet, or bad settings.
+    """
+    from medvision.models.classifier import create_model
+
+    spec = get_spec(backbone)
+    if spec.family != "resnet":
+        raise ConfigError(
+            "model.backbone",
+            f"{backbone} is a {spec.family}; the detector's feature pyramid needs a ResNet",
+            "use resnet18, resnet34, resnet50 or resnet101",
+        )
+    if not (isinstance(context, int) and 0 <= context <= 4):
+        raise ConfigError("model.context", f"must be an integer 0..4, got {context!r}", "use 1 (three slices)")
+    if not (0.25 <= float(upsample) <= 4.0):
+        raise ConfigError("model.upsample", f"must be in [0.25, 4], got {upsample!r}", "use 1.0")
+    if len(slice_shape) != 2 or min(int(s) for s in slice_shape) < 8:
+        raise ConfigError("slice_shape", f"must be (H, W) >= 8, got {slice_shape!r}", None)
+    channels = 2 * context + 1
+    classifier = create_model(
+        backbone,
+        weights=weights,
+        in_channels=channels,
+        num_classes=1,
+        allow_random_fallback=allow_random_fallback,
+        progress=progress,
+    )
+    body = classifier.backbone
+    widths = [int(body.get_submodule(name)[-1].conv1.in_channels) for name in _RETURN_LAYERS]
+    fpn = BackboneWithFPN(body, dict(_RETURN_LAYERS), widths, int(fpn_channels))
+    mean = [0.0] * channels if image_mean is None else [float(v) for v in image_mean]
+    std = [1.0] * channels if image_std is None else [float(v) for v in image_std]
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError("model.image_mean", f"needs {channels} values (one per input slice)", None)
+    h, w = (int(s) for s in slice_shape)
+    anchors = _anchor_generator(anchor_sizes)
+    # torchvision's RetinaNet v2 recipe: GroupNorm in the head and a GIoU box loss (faster, steadier training
+    # from few images than the v1 head without normalisation).
+    head = RetinaNetHead(
+        int(fpn_channels),
+        anchors.num_anchors_per_location()[0],
+        1,
+        norm_layer=partial(nn.GroupNorm, 16),
+    )
+    head.regression_head._loss_type = "giou"
+    retinanet = RetinaNet(
+        fpn,
+        num_classes=1,
+        anchor_generator=anchors,
+        head=head,
+        min_size=int(round(min(h, w) * float(upsample))),
+        max_size=int(round(max(h, w) * float(upsample))),
+        image_mean=mean,
+        image_std=std,
+        score_thresh=float(score_thresh),
+        nms_thresh=float(nms_thresh),
+        detections_per_img=int(detections_per_img),
+        topk_candidates=200,
+    )
+    retinanet.transform = ConstantScaleTransform(float(upsample), mean, std)
+    architecture = {
+        "class": DETECTOR_CLASS,
+        "backbone": backbone,
+        "context": int(context),
+        "fpn_channels": int(fpn_channels),
+        "anchor_sizes": [float(s) for s in anchor_sizes],
+        "upsample": float(upsample),
+        "slice_shape": [h, w],
+        "image_mean": mean,
+        "image_std": std,
+        "score_thresh": float(score_thresh),
+        "nms_thresh": float(nms_thresh),
+        "detections_per_img": int(detections_per_img),
+    }
+    model = SliceDetector(retinanet, architecture, classifier.weights_source)
+    logger.info("Created a 2.5D RetinaNet on %s (%d slices), weights: %s", backbone, channels, model.weights_source)
+    return model

@@ -1,0 +1,76 @@
+"""The 2.5D RetinaNet detector on registry ResNets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medvision.errors import ConfigError
+from medvision.models.detector import DETECTOR_CLASS, create_detector
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    return create_detector("resnet18", weights="none", slice_shape=(40, 48), detections_per_img=5)
+
+
+def test_architecture_rebuilds_the_same_network(detector) -> None:
+    arch = detector.architecture
+    assert arch["class"] == DETECTOR_CLASS and arch["backbone"] == "resnet18" and detector.in_channels == 3
+    kwargs = {k: v for k, v in arch.items() if k not in ("class", "backbone")}
+    twin = create_detector("resnet18", weights="none", **kwargs)
+    twin.load_state_dict(detector.state_dict(), strict=True)
+    x = torch.randn(2, 3, 40, 48)
+    detector.eval()
+    twin.eval()
+    with torch.no_grad():
+        assert torch.equal(detector(x), twin(x))
+    assert detector.weights_source == "none"
+
+
+def test_forward_pads_detections_and_detect_returns_boxes_in_slice_pixels(detector) -> None:
+    detector.eval()
+    with torch.no_grad():
+        out = detector(torch.randn(3, 3, 40, 48))
+        found = detector.detect(torch.randn(1, 3, 40, 48))
+    assert out.shape == (3, 5, 6)
+    real = out[..., 4] >= 0
+    assert torch.all(out[..., 4][~real] == -1)
+    boxes = found[0]["boxes"]
+    assert boxes.shape[1] == 4 and (boxes[:, 2] <= 48 + 1e-3).all() and (boxes[:, 3] <= 40 + 1e-3).all()
+
+
+def test_loss_is_finite_and_decreases_on_one_repeated_batch() -> None:
+    torch.manual_seed(0)
+    model = create_detector("resnet18", weights="none", slice_shape=(48, 48))
+    model.train()
+    images = [torch.zeros(3, 48, 48) for _ in range(4)]
+    for img in images:
+        img[:, 10:22, 20:34] = 3.0
+    targets = [{"boxes": torch.tensor([[20.0, 10, 34, 22]]), "labels": torch.zeros(1, dtype=torch.long)}] * 4
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(16):
+        loss = sum(model.loss(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0] * 0.6
+
+
+def test_densenet_and_bad_settings_are_refused_with_the_key() -> None:
+    with pytest.raises(ConfigError, match="model.backbone"):
+        create_detector("densenet121", weights="none")
+    with pytest.raises(ConfigError, match="model.anchor_sizes"):
+        create_detector("resnet18", weights="none", anchor_sizes=(8, 16))
+    with pytest.raises(ConfigError, match="model.context"):
+        create_detector("resnet18", weights="none", context=9)
+
+
+def test_more_context_slices_widen_the_first_convolution() -> None:
+    model = create_detector("resnet18", weights="none", context=2, slice_shape=(32, 32))
+    assert model.in_channels == 5
+    assert model.retinanet.backbone.body.conv1.in_channels == 5
