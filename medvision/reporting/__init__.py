@@ -1,0 +1,39 @@
+"""The radiologist batch report: study discovery, inference, explanations, HTML / PDF / CSV / JSON / DICOM SR.
+
+The rooms: :mod:`~medvision.reporting.discover` (walk a folder, group and route studies),
+:mod:`~medvision.reporting.explain` (Grad-CAM overlays), :mod:`~medvision.reporting.sr` (DICOM
+Structured Reports), :mod:`~medvision.reporting.deid` (pseudonyms for ``--deidentify``),
+:mod:`~medvision.reporting.batch` (:func:`run_report`, the whole run) and
+:mod:`~medvision.reporting.render` (:func:`render_report`, the HTML and PDF).
+
+Nothing heavy is imported with the package: the names below load their module on first use.
+
+Example:
+    >>> from medvision.reporting import run_report  # doctest: +SKIP
+    >>> summary = run_report("studies/", "report/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["Deidentifier", "discover", "format_summary", "render_report", "run_report"]
+
+_LAZY = {
+    "Deidentifier": "medvision.reporting.deid",
+    "discover": "medvision.reporting.discover",
+    "format_summary": "medvision.reporting.batch",
+    "render_report": "medvision.reporting.render",
+    "run_report": "medvision.reporting.batch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medvision.reporting' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
