@@ -13,7 +13,7 @@ MLFLOW_DIR ?= mlflow-server
 # (braces keep pip's own exit status under pipefail: grep finding nothing to print is not a failure)
 PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean mlflow-server
+.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean mlflow-server system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ demo-data: install
 demo: demo-data
 	$(BIN)/medvision inspect $(DEMO_DIR)/mri/dicom/BRAIN_001 $(DEMO_DIR)/mri/imagesTr/BRAIN_001.nii.gz
 	$(BIN)/medvision train configs/pneumonia_demo.yaml --set data.path=$(DEMO_DIR)/cxr/manifest.csv
-	$(BIN)/medvision demo-data --out $(DEMO_DIR)-external --seed 1 --cxr-patients 40 --mri-volumes 0 > /dev/null
-	@echo "evaluating the registered model on an external demo set (seed 1, patients never seen in training):"
+	$(BIN)/medvision train configs/tumor_detection_demo.yaml --set data.path=$(DEMO_DIR)/mri/detection.json
+	$(BIN)/medvision demo-data --out $(DEMO_DIR)-external --seed 1 --cxr-patients 40 --mri-volumes 16 --mri-dicom 1 > /dev/null
+	@echo "evaluating the registered models on an external demo set (seed 1, patients never seen in training):"
 	$(BIN)/medvision evaluate --model models:/pneumonia-classifier@candidate --data $(DEMO_DIR)-external/cxr/manifest.csv --out outputs/pneumonia-demo/external
+	$(BIN)/medvision evaluate --model models:/tumor-detector@candidate --data $(DEMO_DIR)-external/mri/detection.json --out outputs/tumor-detection-demo/external
+	@echo "tumour boxes (RAS mm) in an external DICOM MR series:"
+	$(BIN)/medvision predict --model models:/tumor-detector@candidate $(DEMO_DIR)-external/mri/dicom/BRAIN_001
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (runs, evidence, registered model)"
 
 # A local MLflow tracking server: runs and registered models in SQLite, artifacts served through the
@@ -46,7 +50,21 @@ mlflow-server: install
 lint: install
 	$(BIN)/ruff check medvision tests benchmarks pipelines
 
-test: lint
+# Debian packages the report tests drive: headless Chromium opens index.html, poppler-utils (pdftoppm,
+# pdftotext) reads report.pdf. Installed with apt-get (as root) when missing; `apt-get update` only if needed.
+SYSTEM_DEPS := chromium poppler-utils
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $(SYSTEM_DEPS)
+
+system-deps:
+	@if command -v chromium >/dev/null && command -v pdftoppm >/dev/null && command -v pdftotext >/dev/null; then \
+		echo "system packages present: chromium, poppler-utils"; \
+	else \
+		echo "installing $(SYSTEM_DEPS) with apt-get (needed by tests/reporting)"; \
+		$(APT_INSTALL) || { apt-get -o DPkg::Lock::Timeout=600 update -qq && $(APT_INSTALL); } \
+		|| { echo "error: could not install $(SYSTEM_DEPS); run as root or install them by hand" >&2; exit 1; }; \
+	fi
+
+test: lint system-deps
 	$(BIN)/pytest -m "not slow"
 
 test-slow: install

@@ -55,10 +55,11 @@ def _indices(k: Tensor | Sequence[int], depth: int, context: int) -> Tensor:
 
 def slice_stacks(image: Tensor | np.ndarray, ks: Sequence[int] | Tensor, context: int = 1) -> Tensor:
     """Stacks ``(len(ks), 2 * context + 1, Y, X)`` of the axial slices ``ks`` of ``image``."""
-    vol = _volume(image)
-    idx = _indices(ks, vol.shape[2], context)  # (N, C)
-    # vol[:, :, idx] -> (X, Y, N, C) -> (N, C, Y, X)
-    return vol[:, :, idx].permute(2, 3, 1, 0).contiguous()
+    vol = _volume(image).numpy()
+    idx = _indices(ks, vol.shape[2], context).numpy()  # (N, C)
+    # vol[:, :, idx] -> (X, Y, N, C) -> (N, C, Y, X). NumPy, not torch: this small gather would otherwise
+    # start torch's thread pool, which stalls for milliseconds whenever another process holds a core.
+    return torch.from_numpy(np.ascontiguousarray(vol[:, :, idx].transpose(2, 3, 1, 0)))
 
 
 def slice_stack(image: Tensor | np.ndarray, k: int, context: int = 1) -> Tensor:
