@@ -31,12 +31,18 @@ demo: demo-data
 	$(BIN)/medvision inspect $(DEMO_DIR)/mri/dicom/BRAIN_001 $(DEMO_DIR)/mri/imagesTr/BRAIN_001.nii.gz
 	$(BIN)/medvision train configs/pneumonia_demo.yaml --set data.path=$(DEMO_DIR)/cxr/manifest.csv
 	$(BIN)/medvision train configs/tumor_detection_demo.yaml --set data.path=$(DEMO_DIR)/mri/detection.json
-	$(BIN)/medvision demo-data --out $(DEMO_DIR)-external --seed 1 --cxr-patients 40 --mri-volumes 16 --mri-dicom 1 > /dev/null
+	$(BIN)/medvision demo-data --out $(DEMO_DIR)-external --seed 1 --cxr-patients 24 --mri-volumes 10 --mri-dicom 1 > /dev/null
 	@echo "evaluating the registered models on an external demo set (seed 1, patients never seen in training):"
 	$(BIN)/medvision evaluate --model models:/pneumonia-classifier@candidate --data $(DEMO_DIR)-external/cxr/manifest.csv --out outputs/pneumonia-demo/external
 	$(BIN)/medvision evaluate --model models:/tumor-detector@candidate --data $(DEMO_DIR)-external/mri/detection.json --out outputs/tumor-detection-demo/external
 	@echo "tumour boxes (RAS mm) in an external DICOM MR series:"
 	$(BIN)/medvision predict --model models:/tumor-detector@candidate $(DEMO_DIR)-external/mri/dicom/BRAIN_001
+	@rm -rf $(DEMO_DIR)-external/studies && mkdir -p $(DEMO_DIR)-external/studies
+	@cp -r $(DEMO_DIR)-external/cxr/dicom $(DEMO_DIR)-external/studies/radiographs
+	@cp -r $(DEMO_DIR)-external/mri/dicom $(DEMO_DIR)-external/studies/mri-dicom
+	@cp -r $(DEMO_DIR)-external/mri/imagesTr $(DEMO_DIR)-external/studies/mri-nifti
+	@echo "batch report of the external demo studies (radiographs, a DICOM MR series, NIfTI volumes):"
+	$(BIN)/medvision report --input $(DEMO_DIR)-external/studies --out outputs/report-demo --image-format jpeg
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (runs, evidence, registered model)"
 
 # A local MLflow tracking server: runs and registered models in SQLite, artifacts served through the

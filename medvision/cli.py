@@ -91,7 +91,7 @@ def demo_data(
     out: Path = typer.Option(Path("data/demo"), "--out", help="Folder to write the demo data set into."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same files."),
     cxr_patients: int = typer.Option(200, "--cxr-patients", help="Number of chest radiograph patients."),
-    mri_volumes: int = typer.Option(60, "--mri-volumes", help="Number of brain MRI volumes."),
+    mri_volumes: int = typer.Option(80, "--mri-volumes", help="Number of brain MRI volumes."),
     mri_dicom: int = typer.Option(4, "--mri-dicom", help="How many of the MRI volumes are also written as DICOM."),
 ) -> None:
     """Write the embedded demo data set (chest radiographs as DICOM, brain MRI as NIfTI and DICOM)."""

@@ -72,7 +72,7 @@ def write_demo_data(
     seed: int = 0,
     *,
     n_cxr_patients: int = 200,
-    n_mri: int = 60,
+    n_mri: int = 80,
     n_mri_dicom: int = 4,
     progress: Callable[[str], None] | None = None,
 ) -> dict:

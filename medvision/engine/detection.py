@@ -196,9 +196,7 @@ def train_detection(
         try:
             items, skipped = check_volumes(items, skip_bad=cfg.data.skip_unreadable)
         except DataError as exc:
-            error = DataError(
-                exc.where, exc.reason, "fix or remove them, or train without them with --skip-unreadable"
-            )
+            error = DataError(exc.where, exc.reason, "fix or remove them, or train without them with --skip-unreadable")
             error.problems = getattr(exc, "problems", [])  # type: ignore[attr-defined]
             raise error from exc
         for name, reason in skipped:
@@ -260,6 +258,7 @@ def train_detection(
             else None
         )
         start_epoch, best_cpm, bad_epochs, run_id = 0, -math.inf, 0, None
+        best_val_preds: list[dict[str, Any]] | None = None
         have_best = resume and best_path.exists()
         if resume:
             state = load_checkpoint(last_path)
@@ -379,6 +378,7 @@ def train_detection(
                     improved = math.isfinite(val_cpm) and val_cpm > best_cpm
                     if improved or not have_best:
                         have_best = True
+                        best_val_preds = val_preds  # the final evaluation reuses them (same weights, same result)
                         best_cpm = val_cpm if improved else best_cpm
                         bad_epochs = 0 if improved else bad_epochs
                         save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "val_cpm": val_cpm})
@@ -441,6 +441,7 @@ def train_detection(
                 digest=digest,
                 merge=merge,
                 slice_shape=slice_shape,
+                val_preds=best_val_preds,
             )
             return result
     finally:
@@ -574,6 +575,7 @@ def _finish(
     digest: str,
     merge: dict[str, Any],
     slice_shape: tuple[int, int],
+    val_preds: list[dict[str, Any]] | None = None,
 ) -> None:
     """Evaluate the best checkpoint on test, write the evidence, log and register the detector."""
     from medvision.metrics import scalar_metrics
@@ -585,7 +587,8 @@ def _finish(
     model.load_state_dict(load_checkpoint(best_path)["model"])
     model.to("cpu").eval()
     cpu = torch.device("cpu")
-    val_preds = _predict_split(model, prepared["val"], cpu, merge)
+    if val_preds is None:  # resumed run: the best epoch's validation predictions are not in memory
+        val_preds = _predict_split(model, prepared["val"], cpu, merge)
     test_preds = _predict_split(model, prepared["test"], cpu, merge)
     if not any(len(p["true_boxes"]) for p in test_preds):
         raise DataError(str(cfg.data.path), "the test split holds no lesion", "use more volumes or change data.split")
