@@ -201,10 +201,9 @@ def test_a_bad_volume_stops_the_run_before_training_or_is_skipped(tmp_path, mlfl
 
     datalist = make_tumour_set(tmp_path / "data", n=12, seed=1)
     bad = tmp_path / "data" / "imagesTr" / "CASE_003.nii.gz"
-    img = nib.load(bad)
-    header = img.header.copy()
-    header["pixdim"][1:4] = 0
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header), bad)
+    zero = nib.Nifti1Image(np.asarray(nib.load(bad).dataobj), None)
+    zero.header.set_zooms((2.0, 0.0, 2.0))  # nibabel would read a zero as 1 mm; the header check sees it
+    nib.save(zero, bad)
     config = write_detection_config(tmp_path, datalist, epochs=1, max_batches_per_epoch=1)
     with pytest.raises(DataError, match="CASE_003") as info:
         train_detection(load_config(config), progress=False)
