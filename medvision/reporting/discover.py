@@ -311,13 +311,13 @@ def _check_nifti(path: Path) -> tuple[str, str] | None:
         if _looks_like_mask(path, img.header):
             return NOT_APPLICABLE, f"{path}: a label mask (segmentation), not an image to report on"
     except MedvisionError as exc:
-        return exc.one_line()
+        return FAILED, exc.one_line()
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a bad file
-        return InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})", "re-export it").one_line()
+        reason = f"not a readable NIfTI file ({type(exc).__name__}: {exc})"
+        return FAILED, InputError(path, reason, "re-export it").one_line()
     if len(shape) < 3 or sum(1 for s in shape[:3] if s > 1) < 3:
-        return InputError(
-            path, f"NIfTI image of shape {shape} is not a 3-D volume", "the detector reads volumes"
-        ).one_line()
+        reason = f"NIfTI image of shape {shape} is not a 3-D volume"
+        return NOT_APPLICABLE, InputError(path, reason, "the detector reads volumes").one_line()
     return None
 
 

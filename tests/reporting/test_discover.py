@@ -105,3 +105,17 @@ def test_not_a_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file.dcm").write_bytes(b"x")
     with pytest.raises(InputError, match="is a file, not a folder"):
         discover(tmp_path / "file.dcm")
+
+
+def test_a_corrupt_nifti_fails_and_a_2d_nifti_is_not_applicable(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip" + bytes(range(200)))
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
+    found = discover(tmp_path)
+    studies = _by_source(found)
+    assert studies["corrupt.nii.gz"].route == FAILED
+    assert studies["corrupt.nii.gz"].reason.startswith("corrupt.nii.gz: not a readable NIfTI file")
+    assert studies["flat.nii.gz"].route == NOT_APPLICABLE
+    assert "is not a 3-D volume" in studies["flat.nii.gz"].reason
