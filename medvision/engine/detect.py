@@ -201,6 +201,7 @@ class DetectorBundle:
     uri: str
     device: torch.device
     provenance: dict[str, Any] = field(default_factory=dict)
+    _chain: Any = field(default=None, init=False, repr=False)
 
     @property
     def threshold(self) -> float:
@@ -208,17 +209,21 @@ class DetectorBundle:
         return float(self.metadata.get("threshold", 0.5))
 
     def transforms(self) -> Any:
-        """The deterministic MONAI chain the model was trained behind."""
+        """The deterministic MONAI chain the model was trained behind (built once per bundle: it holds the
+        readers, and ``predict_volume`` runs it for every volume of a batch)."""
         from medvision.data.detection_transforms import detection_transforms
 
+        if self._chain is not None:
+            return self._chain
         md = self.metadata
-        return detection_transforms(
+        self._chain = detection_transforms(
             spacing=tuple(md["spacing"]),
             modality=md.get("modality", "MR"),
             ct_window=tuple(md.get("ct_window", (-1000, 400))),
             mr_percentiles=tuple(md.get("mr_percentiles", (1, 99))),
             train=False,
         )
+        return self._chain
 
     def predict(self, path: str | os.PathLike[str]) -> VolumePrediction:
         """Same as :func:`predict_volume` (the batch report calls it)."""
