@@ -110,10 +110,12 @@ class ModelConfig(_Strict):
     first_conv: Literal["sum", "replicate"] = "sum"
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     # Detection only (medvision.models.detector): slices on each side of the centre slice, pyramid width,
-    # anchor base sizes (network-input pixels, P3..P6), slice enlargement.
+    # anchor base sizes (network-input pixels, one per pyramid level), the finest level (3: P3-P6 from layer2-4;
+    # 2: P2-P5 from layer1-3), slice enlargement.
     context: int = Field(1, ge=0, le=4)
     fpn_channels: int = Field(128, ge=16, le=512)
     anchor_sizes: tuple[float, float, float, float] = (8.0, 16.0, 32.0, 64.0)
+    min_level: Literal[2, 3] = 3
     upsample: float = Field(1.0, ge=0.25, le=4.0)
 
     @field_validator("backbone")

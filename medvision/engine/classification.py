@@ -135,6 +135,51 @@ def invocation_tags(config_path: str | os.PathLike[str] | None = None) -> dict[s
     return tags
 
 
+def log_run_start(
+    tracker: Any,
+    cfg: ExperimentConfig,
+    *,
+    weights_source: str,
+    digest: str,
+    device: torch.device,
+    environment: Mapping[str, Any],
+    config_path: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    fallback_warning: str | None = None,
+    skipped: tuple[str, int] = ("skipped_unreadable", 0),
+) -> None:
+    """What every new training run records first (classification and detection alike): the flattened config
+    as params; tags (weights source, data digest, task, version, backbone, device, seed, git state, command
+    line, any ``extra_tags`` and ``tags``); the resolved YAML; ``config/environment.json`` (package versions
+    plus ``environment``); and the count of skipped inputs as a metric when there are any."""
+    from medvision.tracking import flatten_config
+
+    tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
+    tracker.set_tags(
+        {
+            "weights_source": weights_source,
+            "dataset_digest": digest,
+            "task": cfg.task,
+            "medvision_version": medvision.__version__,
+            "backbone": cfg.model.backbone,
+            **dict(extra_tags or {}),
+            "device": device.type,
+            "seed": str(cfg.train.seed),
+            **git_state(),
+            **invocation_tags(config_path),
+            **dict(tags or {}),
+        }
+    )
+    if fallback_warning:
+        tracker.set_tags({"tracking_fallback": fallback_warning})
+    tracker.log_text(to_yaml(cfg), "config/resolved_config.yaml")
+    tracker.log_dict({"packages": package_versions(), **dict(environment)}, "config/environment.json")
+    name, count = skipped
+    if count:
+        tracker.log_metrics({name: float(count)})
+
+
 class _NullTracker:
     """Stands in for the MLflow run on ranks other than 0."""
 
@@ -290,7 +335,6 @@ def train_classification(
         PhiGuard,
         RunTracker,
         ensure_tracking_available,
-        flatten_config,
         resolve_tracking_uri,
     )
 
@@ -449,36 +493,19 @@ def train_classification(
             run_id = broadcast(tracker.run_id if ctx.is_main else None, ctx)
             digest = dataset_digest(items)
             if ctx.is_main and not resume:
-                tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
-                tracker.set_tags(
-                    {
-                        "weights_source": weights_source,
-                        "dataset_digest": digest,
-                        "task": cfg.task,
-                        "medvision_version": medvision.__version__,
-                        "backbone": cfg.model.backbone,
-                        "world_size": str(ctx.world_size),
-                        "device": ctx.device.type,
-                        "seed": str(cfg.train.seed),
-                        **git_state(),
-                        **invocation_tags(config_path),
-                        **dict(tags or {}),
-                    }
+                log_run_start(
+                    tracker,
+                    cfg,
+                    weights_source=weights_source,
+                    digest=digest,
+                    device=ctx.device,
+                    environment={"splits": summary, "class_balance": balance, "skipped_unreadable": len(skipped)},
+                    config_path=config_path,
+                    tags=tags,
+                    extra_tags={"world_size": str(ctx.world_size)},
+                    fallback_warning=fallback_warning,
+                    skipped=("skipped_unreadable", len(skipped)),
                 )
-                if fallback_warning:
-                    tracker.set_tags({"tracking_fallback": fallback_warning})
-                tracker.log_text(to_yaml(cfg), "config/resolved_config.yaml")
-                tracker.log_dict(
-                    {
-                        "packages": package_versions(),
-                        "splits": summary,
-                        "class_balance": balance,
-                        "skipped_unreadable": len(skipped),
-                    },
-                    "config/environment.json",
-                )
-                if skipped:
-                    tracker.log_metrics({"skipped_unreadable": float(len(skipped))})
 
             epochs_run = start_epoch
             for epoch in range(start_epoch, cfg.train.epochs):

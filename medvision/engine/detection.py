@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import medvision
-from medvision.config import ExperimentConfig, to_yaml
+from medvision.config import ExperimentConfig
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
 from medvision.engine.checkpoint import load_checkpoint, save_checkpoint
 from medvision.engine.classification import (
@@ -42,8 +42,7 @@ from medvision.engine.classification import (
     _progress,
     dataset_digest,
     git_state,
-    invocation_tags,
-    package_versions,
+    log_run_start,
     seed_everything,
 )
 from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
@@ -170,7 +169,7 @@ def train_detection(
     from medvision.data.slices import epoch_slices
     from medvision.data.transforms import MedvisionCompose
     from medvision.models.detector import create_detector
-    from medvision.tracking import PhiGuard, RunTracker, ensure_tracking_available, flatten_config, resolve_tracking_uri
+    from medvision.tracking import PhiGuard, RunTracker, ensure_tracking_available, resolve_tracking_uri
 
     if cfg.data.format not in ("detection", "decathlon", "csv"):
         raise ConfigError(
@@ -240,6 +239,7 @@ def train_detection(
             context=cfg.model.context,
             fpn_channels=cfg.model.fpn_channels,
             anchor_sizes=cfg.model.anchor_sizes,
+            min_level=cfg.model.min_level,
             upsample=cfg.model.upsample,
             slice_shape=slice_shape,
             image_mean=mean,
@@ -286,35 +286,22 @@ def train_detection(
             run_id = tracker.run_id
             digest = dataset_digest(items)
             if not resume:
-                tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
-                tracker.set_tags(
-                    {
-                        "weights_source": weights_source,
-                        "dataset_digest": digest,
-                        "task": cfg.task,
-                        "medvision_version": medvision.__version__,
-                        "backbone": cfg.model.backbone,
-                        "device": device.type,
-                        "seed": str(cfg.train.seed),
-                        **git_state(),
-                        **invocation_tags(config_path),
-                        **dict(tags or {}),
-                    }
-                )
-                if fallback_warning:
-                    tracker.set_tags({"tracking_fallback": fallback_warning})
-                tracker.log_text(to_yaml(cfg), "config/resolved_config.yaml")
-                tracker.log_dict(
-                    {
-                        "packages": package_versions(),
+                log_run_start(
+                    tracker,
+                    cfg,
+                    weights_source=weights_source,
+                    digest=digest,
+                    device=device,
+                    environment={
                         "splits": summary,
                         "slice_shape": list(slice_shape),
                         "skipped_volumes": [reason for _, reason in skipped],
                     },
-                    "config/environment.json",
+                    config_path=config_path,
+                    tags=tags,
+                    fallback_warning=fallback_warning,
+                    skipped=("skipped_volumes", len(skipped)),
                 )
-                if skipped:
-                    tracker.log_metrics({"skipped_volumes": float(len(skipped))})
 
             epochs_run = start_epoch
             volumes_train = prepared["train"]

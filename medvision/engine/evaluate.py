@@ -116,7 +116,7 @@ def evaluate_detector(
     from medvision.constants import BOX_LABELS, BOXES, IMAGE
     from medvision.data.detection import check_volumes, load_detection_datalist
     from medvision.engine.detect import MERGE_DEFAULTS, DetectorBundle, detect_volume
-    from medvision.metrics.detection import coco_map, froc, match_detections, volume_auroc
+    from medvision.metrics.detection import evaluate_at_threshold
 
     fmt = data_format or ("detection" if str(data_path).lower().endswith(".json") else "csv")
     bundle = DetectorBundle(model, meta, model_uri, torch.device("cpu"))
@@ -136,40 +136,15 @@ def evaluate_detector(
         boxes, scores, _ = detect_volume(model, data[IMAGE], merge=merge)
         volumes.append({"pred_boxes": boxes, "pred_scores": scores, "true_boxes": np.asarray(data[BOXES])})
     iou = float(meta.get("iou_threshold", 0.1))
-    threshold = bundle.threshold
-    curve = froc(volumes, iou_threshold=iou)
-    coco = coco_map(volumes, iou=iou)
-    tp = fp = 0
-    for v in volumes:
-        keep = v["pred_scores"] >= threshold
-        hits, matched = match_detections(
-            v["pred_boxes"][keep], v["pred_scores"][keep], v["true_boxes"], iou_threshold=iou
-        )
-        tp += int(hits.sum())
-        fp += int((matched == -1).sum())
-    n_lesions = int(sum(len(v["true_boxes"]) for v in volumes))
-    scores = [float(v["pred_scores"].max()) if len(v["pred_scores"]) else 0.0 for v in volumes]
-    labels = [int(len(v["true_boxes"]) > 0) for v in volumes]
-    auc = (
-        volume_auroc(scores, labels, n_bootstraps=n_bootstraps)
-        if 0 < sum(labels) < len(labels)
-        else {"auroc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
-    )
+    found = evaluate_at_threshold(volumes, bundle.threshold, iou_threshold=iou, n_bootstraps=n_bootstraps)
+    found.pop("froc")
+    found.pop("coco")
     report: dict[str, Any] = {
         "model_uri": model_uri,
         "task": "detection",
-        "n_volumes": len(volumes),
-        "n_lesions": n_lesions,
         "skipped_volumes": len(skipped),
-        "cpm": curve["cpm"],
-        **{f"sens_at_{r:g}fp": s for r, s in curve["at_fp"].items()},
-        "map": coco["map"],
-        "volume_auroc": auc["auroc"],
-        "volume_auroc_ci_low": auc["ci_low"],
-        "volume_auroc_ci_high": auc["ci_high"],
-        "threshold": threshold,
-        "sensitivity": tp / n_lesions if n_lesions else float("nan"),
-        "fp_per_volume": fp / len(volumes) if volumes else float("nan"),
+        "threshold": bundle.threshold,
         "iou_threshold": iou,
+        **found,
     }
     return _write_report(report, out_dir)

@@ -61,6 +61,7 @@ __all__ = [
     "FP_RATES",
     "SIZE_BANDS_MM",
     "coco_map",
+    "evaluate_at_threshold",
     "evaluate_detection",
     "froc",
     "match_detections",
@@ -733,6 +734,94 @@ def _rate_key(rate: float) -> str:
     return f"{rate:g}fp"
 
 
+def _set_report(
+    vols: list[_Volume],
+    raw: Sequence[Mapping[str, Any]],
+    m: _Matched,
+    threshold: float,
+    *,
+    iou_threshold: float,
+    n_bootstraps: int,
+    seed: int | None,
+    hit: str,
+    edges: np.ndarray,
+) -> dict[str, Any]:
+    curve = _froc_from_matched(m, FP_RATES, iou_threshold, hit)
+    op = _operating_stats(m, threshold)
+    coco = coco_map(raw, iou=iou_threshold)
+    scores = [float(v.pred_scores.max()) if v.pred_scores.size else 0.0 for v in vols]
+    labels = [int(v.true_boxes.shape[0] > 0) for v in vols]
+    note = ""
+    if 0 < sum(labels) < len(labels):
+        auc = volume_auroc(scores, labels, n_bootstraps=n_bootstraps, seed=seed)
+    else:
+        auc = {"auroc": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+        note = "only one class: every volume " + ("holds" if sum(labels) else "lacks") + " a lesion"
+    out: dict[str, Any] = {"cpm": curve["cpm"]}
+    out.update({f"sens_at_{_rate_key(r)}": curve["at_fp"][r] for r in FP_RATES})
+    out.update(
+        {
+            "map": coco["map"],
+            "mar": coco["mar"],
+            "volume_auroc": auc["auroc"],
+            "volume_auroc_ci_low": auc["ci_low"],
+            "volume_auroc_ci_high": auc["ci_high"],
+            "sensitivity": op["sensitivity"],
+            "sensitivity_ci_low": op["sensitivity_ci_low"],
+            "sensitivity_ci_high": op["sensitivity_ci_high"],
+            "fp_per_volume": op["fp_per_volume"],
+            "n_volumes": len(vols),
+            "n_lesions": curve["n_lesions"],
+            "volume_auroc_note": note,
+            "size_bands": _size_bands(vols, m, edges, threshold),
+            "froc": curve,
+            "coco": coco,
+        }
+    )
+    return out
+
+
+def evaluate_at_threshold(
+    volumes: Sequence[Mapping[str, Any]],
+    threshold: float,
+    *,
+    iou_threshold: float = 0.1,
+    n_bootstraps: int = 1000,
+    seed: int | None = 0,
+    hit: str = "iou",
+    bands_mm: Sequence[float] = SIZE_BANDS_MM,
+    spacing: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """One set of volumes at a given score threshold (for example the one registered with a model).
+
+    Returns:
+        ``cpm``, ``sens_at_0.125fp`` ... ``sens_at_8fp``, ``map``, ``mar``, ``volume_auroc`` (+ ``_ci_low`` /
+        ``_ci_high``, NaN with ``volume_auroc_note`` when every volume is positive or every one negative),
+        ``sensitivity`` (+ Wilson ``_ci_low`` / ``_ci_high``) and ``fp_per_volume`` at ``threshold``,
+        ``n_volumes``, ``n_lesions``, ``size_bands``, ``froc`` and ``coco``: the test half of
+        :func:`evaluate_detection`, by the same code.
+
+    Raises:
+        DataError: On bad volumes or no lesion at all.
+        ConfigError: On bad parameters.
+    """
+    edges = _check_bands(bands_mm)
+    vols = _check_volumes(volumes, spacing=spacing)
+    m = _match_volumes(vols, iou_threshold, hit)
+    _require_lesions(m, "volumes")
+    return _set_report(
+        vols,
+        volumes,
+        m,
+        float(threshold),
+        iou_threshold=iou_threshold,
+        n_bootstraps=n_bootstraps,
+        seed=seed,
+        hit=hit,
+        edges=edges,
+    )
+
+
 def evaluate_detection(
     val_volumes: Sequence[Mapping[str, Any]],
     test_volumes: Sequence[Mapping[str, Any]],
@@ -794,52 +883,46 @@ def evaluate_detection(
     _require_lesions(m_test, "test_volumes")
 
     val_froc = _froc_from_matched(m_val, FP_RATES, iou_threshold, hit)
-    test_froc = _froc_from_matched(m_test, FP_RATES, iou_threshold, hit)
     threshold = _threshold_from_matched(m_val, rate)
     val_op = _operating_stats(m_val, threshold)
-    test_op = _operating_stats(m_test, threshold)
-    coco = coco_map(test_volumes, iou=iou_threshold)
-
-    scores = [float(v.pred_scores.max()) if v.pred_scores.size else 0.0 for v in test]
-    labels = [int(v.true_boxes.shape[0] > 0) for v in test]
-    note = ""
-    if 0 < sum(labels) < len(labels):
-        auc = volume_auroc(scores, labels, n_bootstraps=n_bootstraps, seed=seed)
-    else:
-        auc = {"auroc": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-        note = "only one class: every test volume " + ("holds" if sum(labels) else "lacks") + " a lesion"
-
-    result: dict[str, Any] = {
-        "val_cpm": val_froc["cpm"],
-        "test_cpm": test_froc["cpm"],
-    }
-    for r in FP_RATES:
-        result[f"test_sens_at_{_rate_key(r)}"] = test_froc["at_fp"][r]
+    t = _set_report(
+        test,
+        test_volumes,
+        m_test,
+        threshold,
+        iou_threshold=iou_threshold,
+        n_bootstraps=n_bootstraps,
+        seed=seed,
+        hit=hit,
+        edges=edges,
+    )
+    result: dict[str, Any] = {"val_cpm": val_froc["cpm"], "test_cpm": t["cpm"]}
+    result.update({f"test_sens_at_{_rate_key(r)}": t[f"sens_at_{_rate_key(r)}"] for r in FP_RATES})
     result.update(
         {
-            "test_map": coco["map"],
-            "test_mar": coco["mar"],
-            "test_volume_auroc": auc["auroc"],
-            "test_volume_auroc_ci_low": auc["ci_low"],
-            "test_volume_auroc_ci_high": auc["ci_high"],
+            "test_map": t["map"],
+            "test_mar": t["mar"],
+            "test_volume_auroc": t["volume_auroc"],
+            "test_volume_auroc_ci_low": t["volume_auroc_ci_low"],
+            "test_volume_auroc_ci_high": t["volume_auroc_ci_high"],
             "threshold": threshold,
             "fp_rate": rate,
             "val_sensitivity": val_op["sensitivity"],
             "val_fp_per_volume": val_op["fp_per_volume"],
-            "test_sensitivity": test_op["sensitivity"],
-            "test_sensitivity_ci_low": test_op["sensitivity_ci_low"],
-            "test_sensitivity_ci_high": test_op["sensitivity_ci_high"],
-            "test_fp_per_volume": test_op["fp_per_volume"],
-            "test_n_volumes": len(test),
-            "test_n_lesions": test_froc["n_lesions"],
+            "test_sensitivity": t["sensitivity"],
+            "test_sensitivity_ci_low": t["sensitivity_ci_low"],
+            "test_sensitivity_ci_high": t["sensitivity_ci_high"],
+            "test_fp_per_volume": t["fp_per_volume"],
+            "test_n_volumes": t["n_volumes"],
+            "test_n_lesions": t["n_lesions"],
             "val_n_volumes": len(val),
             "val_n_lesions": val_froc["n_lesions"],
             "iou_threshold": float(iou_threshold),
             "hit": hit,
-            "test_volume_auroc_note": note,
-            "size_bands": _size_bands(test, m_test, edges, threshold),
-            "froc": test_froc,
-            "coco": coco,
+            "test_volume_auroc_note": t["volume_auroc_note"].replace("every volume", "every test volume"),
+            "size_bands": t["size_bands"],
+            "froc": t["froc"],
+            "coco": t["coco"],
         }
     )
     return result

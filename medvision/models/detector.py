@@ -47,8 +47,10 @@ logger = logging.getLogger(__name__)
 #: The ``class`` recorded in a registered detector's architecture metadata.
 DETECTOR_CLASS = "medvision.models.SliceDetector"
 
-_RETURN_LAYERS = {"layer2": "0", "layer3": "1", "layer4": "2"}
-_LEVELS = 4  # P3, P4, P5 and torchvision's extra max-pool level
+#: The ResNet stages behind the pyramid, by its finest level: P3-P5 (strides 8-32) or P2-P4 (strides 4-16),
+#: each plus torchvision's extra max-pool level.
+_STAGES = {3: ("layer2", "layer3", "layer4"), 2: ("layer1", "layer2", "layer3")}
+_LEVELS = 4  # three ResNet stages and torchvision's extra max-pool level
 
 
 class SliceDetector(nn.Module):
@@ -132,12 +134,13 @@ class ConstantScaleTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def _anchor_generator(sizes: Sequence[float]) -> AnchorGenerator:
+def _anchor_generator(sizes: Sequence[float], min_level: int = 3) -> AnchorGenerator:
     if len(sizes) != _LEVELS or any(float(s) <= 0 for s in sizes):
+        levels = ", ".join(f"P{min_level + i}" for i in range(_LEVELS))
         raise ConfigError(
             "model.anchor_sizes",
-            f"needs {_LEVELS} positive sizes (pixels, one per pyramid level P3, P4, P5, P6), got {list(sizes)!r}",
-            "use e.g. [8, 16, 32, 64]",
+            f"needs {_LEVELS} positive sizes (pixels, one per pyramid level {levels}), got {list(sizes)!r}",
+            "use e.g. [8, 16, 32, 64] (min_level 3) or [4, 8, 16, 32] (min_level 2)",
         )
     # Three scales per octave, as RetinaNet's paper and torchvision's default.
     per_level = tuple(tuple(int(round(float(s) * 2 ** (i / 3))) for i in range(3)) for s in sizes)
@@ -152,6 +155,7 @@ def create_detector(
     context: int = 1,
     fpn_channels: int = 128,
     anchor_sizes: Sequence[float] = (8, 16, 32, 64),
+    min_level: int = 3,
     upsample: float = 1.0,
     slice_shape: Sequence[int] = (128, 128),
     image_mean: Sequence[float] | None = None,
@@ -171,7 +175,9 @@ def create_detector(
             available (logged as ``random-init (...)``, never passed off as ImageNet).
         context: neighbouring slices on each side (input channels ``2 * context + 1``).
         fpn_channels: channels of the feature pyramid and the RetinaNet head.
-        anchor_sizes: base anchor size in network-input pixels for P3, P4, P5, P6.
+        anchor_sizes: base anchor size in network-input pixels, one per pyramid level (finest first).
+        min_level: the finest pyramid level: 3 (``layer2``-``layer4``, strides 8-64) or 2 (``layer1``-``layer3``,
+            strides 4-32: twice the resolution for lesions of a few voxels, without ``layer4``).
         upsample: every input (training crop or whole slice) is enlarged by this factor inside the network
             (:class:`ConstantScaleTransform`); boxes are returned in slice pixels.
         slice_shape: ``(H, W)`` of a typical whole slice (recorded; the example input of the logged model).
@@ -194,6 +200,8 @@ def create_detector(
         )
     if not (isinstance(context, int) and 0 <= context <= 4):
         raise ConfigError("model.context", f"must be an integer 0..4, got {context!r}", "use 1 (three slices)")
+    if min_level not in _STAGES:
+        raise ConfigError("model.min_level", f"must be 2 or 3, got {min_level!r}", "use 3 (P3-P6) or 2 (P2-P5)")
     if not (0.25 <= float(upsample) <= 4.0):
         raise ConfigError("model.upsample", f"must be in [0.25, 4], got {upsample!r}", "use 1.0")
     if len(slice_shape) != 2 or min(int(s) for s in slice_shape) < 8:
@@ -208,14 +216,15 @@ def create_detector(
         progress=progress,
     )
     body = classifier.backbone
-    widths = [int(body.get_submodule(name)[-1].conv1.in_channels) for name in _RETURN_LAYERS]
-    fpn = BackboneWithFPN(body, dict(_RETURN_LAYERS), widths, int(fpn_channels))
+    stages = _STAGES[int(min_level)]
+    widths = [int(body.get_submodule(name)[-1].conv1.in_channels) for name in stages]
+    fpn = BackboneWithFPN(body, {name: str(i) for i, name in enumerate(stages)}, widths, int(fpn_channels))
     mean = [0.0] * channels if image_mean is None else [float(v) for v in image_mean]
     std = [1.0] * channels if image_std is None else [float(v) for v in image_std]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError("model.image_mean", f"needs {channels} values (one per input slice)", None)
     h, w = (int(s) for s in slice_shape)
-    anchors = _anchor_generator(anchor_sizes)
+    anchors = _anchor_generator(anchor_sizes, int(min_level))
     # torchvision's RetinaNet v2 recipe: GroupNorm in the head and a GIoU box loss (faster, steadier training
     # from few images than the v1 head without normalisation).
     head = RetinaNetHead(
@@ -246,6 +255,7 @@ def create_detector(
         "context": int(context),
         "fpn_channels": int(fpn_channels),
         "anchor_sizes": [float(s) for s in anchor_sizes],
+        "min_level": int(min_level),
         "upsample": float(upsample),
         "slice_shape": [h, w],
         "image_mean": mean,

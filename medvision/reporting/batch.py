@@ -252,26 +252,39 @@ def _classifier_model(classifier: Any, uri: str | None, tracking_uri: str | None
         return model
     if not needed:
         return model
-    resolved, provenance, error = _resolve(CLASSIFIER_NAME, uri, tracking_uri)
-    if error is not None:
-        model.error = (
-            f"no usable {CLASSIFIER_NAME} ({error}); train and register one"
-            " (`medvision train configs/pneumonia_demo.yaml`) or pass --classifier URI"
-        )
-        return model
-    model.provenance = provenance
 
-    def load() -> LoadedClassifier:
+    def load(resolved: str) -> LoadedClassifier:
         from medvision.tracking.models import load_classifier
 
         with _quiet_mlflow():
-            module, metadata = load_classifier(str(resolved), tracking_uri=tracking_uri)
-        loaded = _prepare_classifier(LoadedClassifier(module, dict(metadata), provenance), device)
+            module, metadata = load_classifier(resolved, tracking_uri=tracking_uri)
+        loaded = _prepare_classifier(LoadedClassifier(module, dict(metadata), model.provenance), device)
         model.value = loaded
         _complete_provenance(model)
         return loaded
 
-    model.loader = load
+    return _registered(
+        model, CLASSIFIER_NAME, uri, tracking_uri, "`medvision train configs/pneumonia_demo.yaml`", "--classifier", load
+    )
+
+
+def _registered(
+    model: _Model,
+    name: str,
+    uri: str | None,
+    tracking_uri: str | None,
+    how: str,
+    option: str,
+    load: Callable[[str], Any],
+) -> _Model:
+    """Resolve a registered model now (the error, if any, fails only the studies that need it) and load it
+    the first time a study needs it."""
+    resolved, provenance, error = _resolve(name, uri, tracking_uri)
+    if error is not None:
+        model.error = f"no usable {name} ({error}); train and register one ({how}) or pass {option} URI"
+        return model
+    model.provenance = provenance
+    model.loader = lambda: load(str(resolved))
     return model
 
 
@@ -331,31 +344,24 @@ def _detector_model(detector: Any, uri: str | None, tracking_uri: str | None, de
         return model
     if not needed:
         return model
-    resolved, provenance, error = _resolve(DETECTOR_NAME, uri, tracking_uri)
-    if error is not None:
-        model.error = (
-            f"no usable {DETECTOR_NAME} ({error}); train and register one"
-            " (tracking.register_as: tumor-detector) or pass --detector URI"
-        )
-        return model
-    model.provenance = provenance
 
-    def load() -> Any:
+    def load(resolved: str) -> Any:
         try:
             from medvision.engine.detect import load_detector
         except ImportError as exc:
             raise InputError(
-                str(resolved), f"the tumour detector cannot be run by this medvision ({exc})", "update medvision"
+                resolved, f"the tumour detector cannot be run by this medvision ({exc})", "update medvision"
             ) from exc
         with _quiet_mlflow():
-            predictor = load_detector(str(resolved), device=device, tracking_uri=tracking_uri)
+            predictor = load_detector(resolved, device=device, tracking_uri=tracking_uri)
         for key, value in _detector_provenance(predictor).items():
             if model.provenance.get(key) is None:
                 model.provenance[key] = value
         return predictor
 
-    model.loader = load
-    return model
+    return _registered(
+        model, DETECTOR_NAME, uri, tracking_uri, "tracking.register_as: tumor-detector", "--detector", load
+    )
 
 
 # ----------------------------------------------------------------------------------------------- rows

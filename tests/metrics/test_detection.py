@@ -20,6 +20,7 @@ from medvision.metrics import scalar_metrics
 from medvision.metrics.detection import (
     FP_RATES,
     coco_map,
+    evaluate_at_threshold,
     evaluate_detection,
     froc,
     match_detections,
@@ -418,6 +419,28 @@ def test_evaluate_detection_is_consistent_with_its_parts() -> None:
     scalars = scalar_metrics(result)
     assert {"val_cpm", "test_cpm", "test_map", "test_volume_auroc", "threshold", "test_sens_at_8fp"} <= set(scalars)
     json.dumps(result)
+
+
+def test_evaluate_at_threshold_is_the_test_half_of_evaluate_detection() -> None:
+    val, test = random_volumes(40, seed=7), random_volumes(50, seed=8)
+    full = evaluate_detection(val, test, fp_rate=0.5, n_bootstraps=200)
+    one = evaluate_at_threshold(test, full["threshold"], n_bootstraps=200)
+    for key in ("cpm", "map", "mar", "volume_auroc", "sensitivity", "fp_per_volume", "n_lesions", "sens_at_2fp"):
+        assert one[key] == full[f"test_{key}"], key
+    assert one["size_bands"] == full["size_bands"] and one["n_volumes"] == 50
+    # By hand at a threshold above every score: nothing is reported.
+    none = evaluate_at_threshold(test, 2.0, n_bootstraps=10)
+    assert none["sensitivity"] == 0.0 and none["fp_per_volume"] == 0.0
+    # The hand-counted operating points of four_volumes_with_fps.
+    at = {t: evaluate_at_threshold(four_volumes_with_fps(), t, n_bootstraps=10) for t in (0.0, 0.6, 0.9)}
+    assert [(at[t]["fp_per_volume"], at[t]["sensitivity"]) for t in (0.0, 0.6, 0.9)] == [
+        (0.5, 1.0),
+        (0.5, 0.5),
+        (0, 0.25),
+    ]
+    assert at[0.0]["cpm"] == pytest.approx(5.75 / 7) and "only one class" in at[0.0]["volume_auroc_note"]
+    with pytest.raises(DataError):
+        evaluate_at_threshold([volume()], 0.5)
 
 
 def test_evaluate_detection_with_one_class_test_set_reports_nan_auroc() -> None:
