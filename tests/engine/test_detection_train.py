@@ -58,7 +58,13 @@ def write_detection_config(tmp: Path, datalist: Path, **train) -> Path:
             "split": {"by": "patient", "val": 0.25, "test": 0.25, "seed": 0},
             "volume": {"spacing": [2.0, 2.0, 2.0], "modality": "MR", "train_crop": 32},
         },
-        "model": {"backbone": "resnet18", "weights": "none", "anchor_sizes": [4, 8, 16, 32]},
+        "model": {
+            "backbone": "resnet18",
+            "weights": "none",
+            "min_level": 2,
+            "fpn_channels": 64,
+            "anchor_sizes": [4, 8, 16, 32],
+        },
         "train": {
             "epochs": 4,
             "batch_size": 8,
@@ -129,7 +135,7 @@ def test_the_run_holds_the_metrics_evidence_and_the_config(trained) -> None:
 
 def test_the_detector_learns_the_bright_tumours(trained) -> None:
     m = trained["result"].metrics
-    assert m["test_cpm"] >= 0.5, m
+    assert m["test_cpm"] >= 0.75, m  # 1.0 with one or two torch threads on the 2-core machine
     assert m["test_volume_auroc"] >= 0.75 or np.isnan(m["test_volume_auroc"]), m
 
 

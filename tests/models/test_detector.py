@@ -68,6 +68,28 @@ def test_densenet_and_bad_settings_are_refused_with_the_key() -> None:
         create_detector("resnet18", weights="none", anchor_sizes=(8, 16))
     with pytest.raises(ConfigError, match="model.context"):
         create_detector("resnet18", weights="none", context=9)
+    with pytest.raises(ConfigError, match="model.min_level"):
+        create_detector("resnet18", weights="none", min_level=4)
+
+
+@pytest.mark.parametrize(("min_level", "strides", "stages"), [(3, [8, 16, 32, 64], 4), (2, [4, 8, 16, 32], 3)])
+def test_min_level_picks_the_pyramid_strides_and_stages(min_level, strides, stages) -> None:
+    torch.manual_seed(0)
+    model = create_detector(
+        "resnet18", weights="none", min_level=min_level, anchor_sizes=[s for s in strides], slice_shape=(64, 64)
+    )
+    assert model.architecture["min_level"] == min_level
+    features = model.retinanet.backbone(torch.randn(1, 3, 64, 64))
+    assert [64 // f.shape[-1] for f in features.values()] == strides
+    body = model.retinanet.backbone.body
+    assert hasattr(body, "layer3") and hasattr(body, "layer4") == (stages == 4)  # unused stages are dropped
+    # The anchors sit on those strides: the finest level's base anchor is the first size.
+    anchors = model.retinanet.anchor_generator.sizes
+    assert anchors[0][0] == strides[0]
+    model.train()
+    target = {"boxes": torch.tensor([[20.0, 20.0, 26.0, 25.0]]), "labels": torch.zeros(1, dtype=torch.long)}
+    losses = model.loss([torch.randn(3, 64, 64)], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_more_context_slices_widen_the_first_convolution() -> None:
