@@ -643,7 +643,7 @@ def _finish(
         "box_coordinates": "world_mm: RAS millimetres [x0, y0, z0, x1, y1, z1]",
     }
     card_info: dict[str, Any] = {
-        "metadata": metadata,
+        "metadata": {**metadata, "medvision_architecture": dict(model.architecture)},
         "name": cfg.tracking.register_as,
         "data": {"source": str(cfg.data.path), "format": cfg.data.format, "digest": digest, "splits": summary},
         "metrics": ev,

@@ -427,6 +427,17 @@ def _detection_metrics_section(info: Mapping[str, Any], meta: Mapping[str, Any])
     return lines
 
 
+def _pyramid(arch: Any) -> str:
+    """``" (pyramid P2-P5, 64 channels, anchors from 4 px)"`` from the recorded architecture, else ``""``."""
+    if not isinstance(arch, Mapping) or not arch.get("anchor_sizes"):
+        return ""
+    low = int(arch.get("min_level", 3))
+    return (
+        f" (pyramid P{low}-P{low + 3}, {_text(arch.get('fpn_channels'))} channels,"
+        f" anchors from {float(arch['anchor_sizes'][0]):g} px)"
+    )
+
+
 def render_detector_card(info: Mapping[str, Any]) -> str:
     """Render the model card of a tumour detector as Markdown (same keys as :func:`render_model_card`;
     ``metrics`` is the dict of :func:`medvision.metrics.detection.evaluate_detection`)."""
@@ -440,7 +451,8 @@ def render_detector_card(info: Mapping[str, Any]) -> str:
     model += [
         f"- **Input:** {_text(2 * int(meta.get('context', 1)) + 1)} adjacent axial slices at"
         f" {_text(meta.get('spacing'))} mm, {_text(meta.get('modality'))} normalisation",
-        "- **Architecture:** 2.5D RetinaNet (torchvision) on a ResNet feature pyramid; slice boxes merged into 3D",
+        "- **Architecture:** 2.5D RetinaNet (torchvision) on a ResNet feature pyramid; slice boxes merged into 3D"
+        + _pyramid(meta.get("medvision_architecture")),
     ]
     sections = [
         [title],

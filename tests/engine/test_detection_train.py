@@ -126,6 +126,7 @@ def test_the_run_holds_the_metrics_evidence_and_the_config(trained) -> None:
     assert metrics["test_cpm"] == pytest.approx(m["test_cpm"])
     card = (evidence / "model_card.md").read_text()
     assert "Definition of a hit" in card and "intersection over union" in card and "Intended use" in card
+    assert "pyramid P2-P5, 64 channels, anchors from 4 px" in card
     rows = list(csv.DictReader((evidence / "detections.csv").open()))
     lesions = [r for r in rows if r["kind"] == "lesion"]
     assert len(lesions) == metrics["test_n_lesions"]
