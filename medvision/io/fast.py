@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,39 @@ def area_resize(image: torch.Tensor, size: int, *, keep_aspect: bool = False) ->
     return y
 
 
+_decoded = threading.local()
+
+
+@contextmanager
+def shared_decodes() -> Iterator[dict[Any, Any]]:
+    """Within the block, :func:`load_radiograph_tensor` reads and decodes each file once, whatever sizes are
+    asked of it (the batch report wants a model input and a display picture of every radiograph).
+
+    Yields the cache (per thread); clear it once its images are done to bound memory.
+    """
+    before = getattr(_decoded, "entries", None)
+    _decoded.entries = {}
+    try:
+        yield _decoded.entries
+    finally:
+        _decoded.entries = before
+
+
+def _read_and_decode(path: PathLike, max_voxels: int) -> tuple[Any, np.ndarray]:
+    cache = getattr(_decoded, "entries", None)
+    key = (os.fspath(path), int(max_voxels))
+    if cache is not None and key in cache:
+        return cache[key]
+    ds = read_dataset(path)
+    check_size(ds, path, max_voxels)
+    # A zero-copy view is possible only when no unused high bits need masking.
+    bits_equal = int(ds.get("BitsStored", 16) or 16) == int(ds.get("BitsAllocated", 16) or 16)
+    stored = decode_stored(ds, path, view_only=bits_equal)
+    if cache is not None:
+        cache[key] = (ds, stored)
+    return ds, stored
+
+
 def load_radiograph_tensor(
     path: PathLike,
     *,
@@ -87,11 +122,7 @@ def load_radiograph_tensor(
         >>> tuple(t.shape), float(t.min()) >= 0.0, float(t.max()) <= 1.0
         ((1, 64, 64), True, True)
     """
-    ds = read_dataset(path)
-    check_size(ds, path, max_voxels)
-    # A zero-copy view is possible only when no unused high bits need masking.
-    bits_equal = int(ds.get("BitsStored", 16) or 16) == int(ds.get("BitsAllocated", 16) or 16)
-    stored = decode_stored(ds, path, view_only=bits_equal)
+    ds, stored = _read_and_decode(path, max_voxels)
     if stored.shape[0] != 1 or stored.ndim != 3:
         raise InputError(
             path,

@@ -535,6 +535,7 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
     import torch
 
     from medvision.data.transforms import classification_transforms
+    from medvision.io.fast import shared_decodes
     from medvision.metrics.calibration import apply_temperature
     from medvision.reporting.explain import GradCamExplainer, display_image, heatmap_to_display, write_overlay
 
@@ -571,50 +572,53 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
 
     has_cam = explainer is not None
     try:
-        for batch in _chunks(items, run.batch_size):
-            start = time.perf_counter()
-            tensors, ok = [], []
-            for item in batch:
-                try:
-                    tensors.append(transform({"image": str(item.path)})["image"])
-                    ok.append(item)
-                except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
-                    failures[item.study.key].append((item.index, _reason(exc, item.study, run.root)))
-            start = run.tick("load", start)
-            loaded_ids = {id(item) for item in ok}
-            for item in batch:
-                if id(item) not in loaded_ids:
-                    done(item)
-            if not ok:
-                continue
-            images = torch.stack(tensors).to(run.device)
-            if explainer is not None:
-                logits, maps = explainer(images)
-                start = run.tick("gradcam", start)
-            else:
-                with torch.no_grad():
-                    logits = loaded.module(images).reshape(len(ok), -1)[:, 0].float().cpu()
-                maps = None
-                start = run.tick("network", start)
-            probs = apply_temperature(logits.numpy(), temperature)
-            for i, item in enumerate(ok):
+        # Each radiograph is decoded once for the model input and its display picture.
+        with shared_decodes() as decoded:
+            for batch in _chunks(items, run.batch_size):
+                decoded.clear()  # the previous batch's pixels
                 start = time.perf_counter()
-                prob = float(probs[i])
-                rel: str | None = f"studies/{run.key_for(item.study)}/radiograph-{item.index}{run.suffix}"
-                try:
-                    picture, original = display_image(item.path, size=DISPLAY_SIZE)
-                    heat = (
-                        heatmap_to_display(maps[i], original, picture.shape, keep_aspect=keep_aspect)
-                        if maps is not None
-                        else np.zeros_like(picture)
-                    )
-                    write_overlay(picture, heat, run.tmp / str(rel))
-                except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
-                    rel = None
-                    notes[item.study.key].append(f"image not written: {_reason(exc, item.study, run.root)}")
-                results[item.study.key].append((item.index, prob, prob >= threshold, rel))
-                run.tick("write", start)
-                done(item)
+                tensors, ok = [], []
+                for item in batch:
+                    try:
+                        tensors.append(transform({"image": str(item.path)})["image"])
+                        ok.append(item)
+                    except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
+                        failures[item.study.key].append((item.index, _reason(exc, item.study, run.root)))
+                start = run.tick("load", start)
+                loaded_ids = {id(item) for item in ok}
+                for item in batch:
+                    if id(item) not in loaded_ids:
+                        done(item)
+                if not ok:
+                    continue
+                images = torch.stack(tensors).to(run.device)
+                if explainer is not None:
+                    logits, maps = explainer(images)
+                    start = run.tick("gradcam", start)
+                else:
+                    with torch.no_grad():
+                        logits = loaded.module(images).reshape(len(ok), -1)[:, 0].float().cpu()
+                    maps = None
+                    start = run.tick("network", start)
+                probs = apply_temperature(logits.numpy(), temperature)
+                for i, item in enumerate(ok):
+                    start = time.perf_counter()
+                    prob = float(probs[i])
+                    rel: str | None = f"studies/{run.key_for(item.study)}/radiograph-{item.index}{run.suffix}"
+                    try:
+                        picture, original = display_image(item.path, size=DISPLAY_SIZE)
+                        heat = (
+                            heatmap_to_display(maps[i], original, picture.shape, keep_aspect=keep_aspect)
+                            if maps is not None
+                            else np.zeros_like(picture)
+                        )
+                        write_overlay(picture, heat, run.tmp / str(rel))
+                    except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
+                        rel = None
+                        notes[item.study.key].append(f"image not written: {_reason(exc, item.study, run.root)}")
+                    results[item.study.key].append((item.index, prob, prob >= threshold, rel))
+                    run.tick("write", start)
+                    done(item)
     finally:
         if explainer is not None:
             explainer.close()

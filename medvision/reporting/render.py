@@ -246,14 +246,20 @@ def _read_picture(out_dir: Path, entry: Any) -> _Picture | str:
 
 
 def _thumbnail(picture: _Picture, px: int = THUMBNAIL_PX) -> _Picture:
+    """The worklist's small copy, in the picture's own format: JPEG stays JPEG (a tenth of the time and size of
+    an optimised PNG), PNG stays lossless at a low zlib level."""
     from PIL import Image
 
+    jpeg = picture.mime == "image/jpeg"
     with Image.open(io.BytesIO(picture.data)) as img:
-        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+        img = img.convert("RGB" if jpeg or "A" not in img.getbands() else "RGBA")
         img.thumbnail((px, px))
         buffer = io.BytesIO()
-        img.save(buffer, format="PNG", optimize=True)
-        return _Picture(buffer.getvalue(), "image/png", img.width, img.height, picture.caption, picture.kind)
+        if jpeg:
+            img.save(buffer, format="JPEG", quality=85)
+        else:
+            img.save(buffer, format="PNG", compress_level=3)
+        return _Picture(buffer.getvalue(), picture.mime, img.width, img.height, picture.caption, picture.kind)
 
 
 # ----------------------------------------------------------------------------------------- studies

@@ -67,3 +67,26 @@ def test_area_resize_is_a_block_mean() -> None:
 def test_multiframe_refused() -> None:
     with pytest.raises(InputError, match="single-frame grey"):
         load_radiograph_tensor(pydicom_file("SC_rgb_rle_2frame.dcm"))
+
+
+def test_shared_decodes_decode_each_file_once_with_the_same_results(tmp_path, radiograph, monkeypatch) -> None:
+    import medvision.io.fast as fast
+
+    paths = [
+        write_dicom(tmp_path / "a.dcm", radiograph, bits_stored=12),
+        write_dicom(tmp_path / "b.dcm", radiograph[::-1].copy(), bits_stored=16, photometric="MONOCHROME1"),
+    ]
+    plain = {(p, s): load_radiograph_tensor(p, size=s, keep_aspect=True)[0] for p in paths for s in (64, 224)}
+    calls = []
+    real = fast.decode_stored
+    monkeypatch.setattr(fast, "decode_stored", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    with fast.shared_decodes() as cache:
+        for p in paths:
+            for s in (64, 224, 64):
+                torch.testing.assert_close(load_radiograph_tensor(p, size=s, keep_aspect=True)[0], plain[(p, s)])
+        assert calls == paths and len(cache) == 2
+        cache.clear()
+        load_radiograph_tensor(paths[0], size=64)
+        assert len(calls) == 3
+    load_radiograph_tensor(paths[0], size=64)  # outside the block: decoded again, nothing kept
+    assert len(calls) == 4 and getattr(fast._decoded, "entries", None) is None

@@ -482,3 +482,18 @@ def test_pdf_long_worklist_splits_across_pages(tmp_path: Path) -> None:
     text = " ".join(worklist_pages)
     positions = [text.find(f"PATIENT^{i:03d}") for i in range(70)]
     assert -1 not in positions and positions == sorted(positions)
+
+
+def test_thumbnails_keep_the_picture_format() -> None:
+    from medvision.reporting.render import THUMBNAIL_PX, _Picture, _thumbnail
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((300, 620, 3)) * 255).astype(np.uint8)
+    for fmt, mime in (("JPEG", "image/jpeg"), ("PNG", "image/png")):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt)
+        small = _thumbnail(_Picture(buffer.getvalue(), mime, 620, 300, "c", "overlay"))
+        with Image.open(io.BytesIO(small.data)) as img:
+            assert img.format == fmt and img.size == (small.width, small.height)
+            assert max(img.size) == THUMBNAIL_PX and img.size[1] == round(300 * THUMBNAIL_PX / 620)
+        assert small.mime == mime and (small.caption, small.kind) == ("c", "overlay")
