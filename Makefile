@@ -42,7 +42,7 @@ demo: demo-data
 	@cp -r $(DEMO_DIR)-external/mri/dicom $(DEMO_DIR)-external/studies/mri-dicom
 	@cp -r $(DEMO_DIR)-external/mri/imagesTr $(DEMO_DIR)-external/studies/mri-nifti
 	@echo "batch report of the external demo studies (radiographs, a DICOM MR series, NIfTI volumes):"
-	$(BIN)/medvision report --input $(DEMO_DIR)-external/studies --out outputs/report-demo --image-format jpeg
+	$(BIN)/medvision report --input $(DEMO_DIR)-external/studies --out outputs/report-demo --image-format jpeg --secondary-capture
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (runs, evidence, registered model)"
 
 # A local MLflow tracking server: runs and registered models in SQLite, artifacts served through the

@@ -43,8 +43,15 @@ def report(
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow store of the models (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
     ),
+    secondary_capture: bool = typer.Option(
+        False,
+        "--secondary-capture",
+        help="Also file each DICOM study's key picture (overlay or key slice) into its study as a DICOM Secondary"
+        " Capture (sc/<key>.dcm).",
+    ),
 ) -> None:
-    """Write a prioritised report (HTML, PDF, CSV, JSON, DICOM SR) of every study below --input."""
+    """Write a prioritised report (HTML, PDF, CSV, JSON, DICOM SR, optionally DICOM Secondary Capture) of every
+    study below --input."""
     from medvision.reporting.batch import format_summary, run_report
 
     summary = run_report(
@@ -59,6 +66,7 @@ def report(
         tracking_uri=tracking_uri,
         deid_salt=os.environ.get(SALT_ENV) or None,
         image_format=image_format,
+        secondary_capture=secondary_capture,
     )
     typer.echo(format_summary(summary))
     typer.echo(f"report: {summary['index']}")

@@ -445,6 +445,7 @@ class _Run:
     reused: int = 0
     scratch: Path | None = None
     suffix: str = ".png"
+    secondary_capture: bool = False
 
     def key_for(self, study: Study) -> str:
         return self.deid.key(study.key) if self.deid is not None else study.key
@@ -478,7 +479,8 @@ def _cache_key(run: _Run, study: Study, model: _Model) -> str | None:
             return None  # pseudonyms change with every run: nothing to reuse
         salt = run.deid.salt
     h = hashlib.sha256()
-    parts = (salt, REPORT_FORMAT, study.key, study.fingerprint(run.root), model.ident, run.deid is not None, run.suffix)
+    parts = (salt, REPORT_FORMAT, study.key, study.fingerprint(run.root), model.ident, run.deid is not None, run.suffix,
+             run.secondary_capture)  # fmt: skip
     for part in parts:
         h.update(f"{part}\x1f".encode())
     return h.hexdigest()
@@ -671,6 +673,18 @@ def _classification_row(
         row["sr_path"] = _write_sr(run, key, [h for h, _, _ in findings], "classification", row, findings=findings)
     except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
         notes = [*notes, f"no DICOM SR ({type(exc).__name__}: {exc})"]
+    pictured = [(p, n, rel) for n, p, _, rel in results if rel is not None]
+    if run.secondary_capture and pictured:
+        _, n, rel = max(pictured)  # the image with the highest probability
+        try:
+            from medvision.io.dicom import read_dataset
+
+            header = read_dataset(study.paths[n - 1], stop_before_pixels=True)
+            what = "radiograph (left) and Grad-CAM heat map (right)" if has_cam else "radiograph"
+            orientation = header.get("PatientOrientation")
+            row["secondary_capture_path"] = _write_sc(run, key, header, rel, orientation, what, row)
+        except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
+            notes = [*notes, f"no DICOM secondary capture ({type(exc).__name__}: {exc})"]
     if notes:
         row["reason"] = "; ".join(notes)
     rows = [run.add(row, study)]
@@ -714,6 +728,23 @@ def _write_sr(
         )
     rel = f"sr/{key}.dcm"
     write_sr(sr, run.tmp / rel)
+    return rel
+
+
+def _write_sc(
+    run: _Run, key: str, header: Any, picture: str, orientation: Any, what: str, row: Mapping[str, Any]
+) -> str:
+    """The study's key picture as a DICOM Secondary Capture (:mod:`medvision.reporting.sc`), pseudonymised
+    with the rest of the report under ``--deidentify``."""
+    from medvision.reporting.sc import key_picture_sc, write_sc
+
+    if run.deid is not None:
+        header = run.deid.dataset(header)
+    sc = key_picture_sc(
+        header, run.tmp / picture, model=row.get("model") or {}, patient_orientation=orientation, description=what
+    )
+    rel = f"sc/{key}.dcm"
+    write_sc(sc, run.tmp / rel)
     return rel
 
 
@@ -891,6 +922,16 @@ def _detect(run: _Run, study: Study, model: _Model) -> None:
             row["sr_path"] = _write_sr(run, key, headers, "detection", row, boxes=boxes)
         except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
             notes.append(f"no DICOM SR ({type(exc).__name__}: {exc})")
+        if run.secondary_capture and row.get("images"):
+            from medvision.reporting.sc import KEY_SLICE_ORIENTATION
+
+            try:
+                header = read_dataset(study.paths[0], stop_before_pixels=True)
+                picture = str(row["images"][0]["path"])
+                what = "axial key slice in radiological view with the detector's boxes and scores"
+                row["secondary_capture_path"] = _write_sc(run, key, header, picture, KEY_SLICE_ORIENTATION, what, row)
+            except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
+                notes.append(f"no DICOM secondary capture ({type(exc).__name__}: {exc})")
     if notes:
         row["reason"] = "; ".join(notes)
     run.tick("write", start)
@@ -1024,6 +1065,7 @@ def run_report(
     deid_salt: str | None = None,
     title: str = "medvision batch report",
     image_format: str = "png",
+    secondary_capture: bool = False,
 ) -> dict[str, Any]:
     """Turn a folder of studies into a report folder (see the module docstring).
 
@@ -1046,6 +1088,8 @@ def run_report(
             run and nothing is reused); never written into the report.
         title: the report's title.
         image_format: ``"png"`` (lossless) or ``"jpeg"`` (quality 90) for the overlays and key slices.
+        secondary_capture: also file each DICOM study's key picture (overlay or key slice) into the study as
+            a DICOM Secondary Capture (``sc/<key>.dcm``; :mod:`medvision.reporting.sc`).
             JPEG makes the report about five times smaller and its rendering about four times faster
             (``benchmarks/bench_report.py``); the pictures are for triage, the diagnostic read is in the PACS.
 
@@ -1092,6 +1136,7 @@ def run_report(
         device=str(device),
         batch_size=batch_size,
         suffix=".jpg" if image_format == "jpeg" else ".png",
+        secondary_capture=bool(secondary_capture),
     )
     try:
         models = (classifier, classifier_uri, detector, detector_uri, tracking_uri)

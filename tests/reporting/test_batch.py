@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
@@ -207,7 +208,15 @@ def test_deidentified_report_holds_no_identifier_of_the_input(
     mixed: MixedFolder, registered_classifier: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "shareable"
-    summary = _run(mixed, out, registered_classifier, FakeDetector(), deidentify=True, deid_salt="test-salt")
+    summary = _run(
+        mixed,
+        out,
+        registered_classifier,
+        FakeDetector(),
+        deidentify=True,
+        deid_salt="test-salt",
+        secondary_capture=True,
+    )
     assert summary["deidentified"] is True and summary["input"] is None
     needles = set()
     for value in mixed.all_identifiers():
@@ -236,9 +245,21 @@ def test_deidentified_report_holds_no_identifier_of_the_input(
         # The SR carries the same pseudonyms as the row.
         assert sr.StudyInstanceUID == row["study_uid"] and sr.PatientID == row["patient_id"]
         assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == row["study_uid"]
+    ct_sc = pydicom.dcmread(
+        out / next(r for r in rows if r["task"] == "detection" and r["sr_path"])["secondary_capture_path"]
+    )
+    assert ct_sc.PatientID.startswith("ANON-")  # the secondary capture carries the pseudonyms too
 
     # Same salt: same pseudonyms, and the studies are reused.
-    again = _run(mixed, out, registered_classifier, FakeDetector(), deidentify=True, deid_salt="test-salt")
+    again = _run(
+        mixed,
+        out,
+        registered_classifier,
+        FakeDetector(),
+        deidentify=True,
+        deid_salt="test-salt",
+        secondary_capture=True,
+    )
     assert again["reused"] == N_OK_RADIOGRAPHS + 2
     assert [r["patient_id"] for r in _rows(out)] == [r["patient_id"] for r in rows]
 
@@ -385,3 +406,49 @@ def test_pipeline_script_is_a_thin_wrapper(
     assert lines[0].startswith("report: 1 study read") and lines[1] == f"report: {out / 'index.html'}"
     (row,) = _rows(out)
     assert row["patient_id"].startswith("ANON-")
+
+
+def test_secondary_capture_files_the_key_picture_into_its_study(
+    mixed: MixedFolder, registered_classifier: str, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from medvision.reporting.sc import SC_SERIES_NUMBER
+
+    root = tmp_path / "in"
+    shutil.copytree(mixed.root, root)
+    oriented = root / mixed.radiographs[0].relative_to(mixed.root)
+    ds = pydicom.dcmread(oriented)
+    ds.PatientOrientation = ["L", "F"]
+    ds.save_as(oriented)
+    out = tmp_path / "report"
+    run_report(root, out, tracking_uri=registered_classifier, detector=FakeDetector(), progress=False,
+               image_format="jpeg", secondary_capture=True)  # fmt: skip
+    by_source = _by_source(_rows(out))
+    rel = lambda p: p.relative_to(mixed.root).as_posix()  # noqa: E731
+
+    row = by_source[rel(mixed.radiographs[0])]
+    header = pydicom.dcmread(oriented, stop_before_pixels=True)
+    sc = pydicom.dcmread(out / row["secondary_capture_path"])
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert (sc.StudyInstanceUID, sc.PatientID) == (header.StudyInstanceUID, header.PatientID)
+    assert sc.SeriesInstanceUID != header.SeriesInstanceUID and sc.SeriesNumber == SC_SERIES_NUMBER
+    assert list(sc.ImageType) == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "YES"
+    assert list(sc.PatientOrientation) == ["L", "F"] and sc.LossyImageCompression == "01"
+    assert "pneumonia-classifier v1" in sc.SeriesDescription and "unverified" in sc.DerivationDescription
+    with Image.open(out / row["images"][0]["path"]) as picture:
+        assert (sc.pixel_array == np.asarray(picture.convert("RGB"))).all()  # the picture the report shows
+    assert row["secondary_capture_path"] in (out / "studies" / f"{row['study_key']}.html").read_text()
+
+    # A radiograph without PatientOrientation: the finding stands, the reason is given.
+    plain = by_source[rel(mixed.radiographs[1])]
+    assert plain["status"] == "ok" and plain["secondary_capture_path"] is None
+    assert "no DICOM secondary capture" in plain["reason"] and "PatientOrientation" in plain["reason"]
+
+    ct = by_source["ct/series1"]
+    ct_sc = pydicom.dcmread(out / ct["secondary_capture_path"])
+    ct_header = pydicom.dcmread(next((root / "ct" / "series1").iterdir()), stop_before_pixels=True)
+    assert ct_sc.StudyInstanceUID == ct_header.StudyInstanceUID and list(ct_sc.PatientOrientation) == ["L", "P"]
+    with Image.open(out / ct["images"][0]["path"]) as picture:
+        assert ct_sc.pixel_array.shape == (picture.height, picture.width, 3)
+    assert by_source[rel(mixed.nifti)]["secondary_capture_path"] is None  # no DICOM study to file it into
