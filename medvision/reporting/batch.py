@@ -665,11 +665,14 @@ def _classification_row(
     ]
     if failures:
         notes = [*notes, f"{len(failures)} of {len(study.paths)} images could not be read (listed apart)"]
-    try:
-        from medvision.io.dicom import read_dataset
+    from medvision.io.dicom import read_dataset
 
+    headers: dict[int, Any] = {}  # read once, for the SR and the secondary capture
+    try:
         # The SR's evidence is the images the finding rests on.
-        findings = [(read_dataset(study.paths[n - 1], stop_before_pixels=True), p, f) for n, p, f, _ in sorted(results)]
+        for n, _, _, _ in sorted(results):
+            headers[n] = read_dataset(study.paths[n - 1], stop_before_pixels=True)
+        findings = [(headers[n], p, f) for n, p, f, _ in sorted(results)]
         row["sr_path"] = _write_sr(run, key, [h for h, _, _ in findings], "classification", row, findings=findings)
     except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
         notes = [*notes, f"no DICOM SR ({type(exc).__name__}: {exc})"]
@@ -677,9 +680,7 @@ def _classification_row(
     if run.secondary_capture and pictured:
         _, n, rel = max(pictured)  # the image with the highest probability
         try:
-            from medvision.io.dicom import read_dataset
-
-            header = read_dataset(study.paths[n - 1], stop_before_pixels=True)
+            header = headers.get(n) or read_dataset(study.paths[n - 1], stop_before_pixels=True)
             what = "radiograph (left) and Grad-CAM heat map (right)" if has_cam else "radiograph"
             orientation = header.get("PatientOrientation")
             row["secondary_capture_path"] = _write_sc(run, key, header, rel, orientation, what, row)
@@ -917,8 +918,9 @@ def _detect(run: _Run, study: Study, model: _Model) -> None:
     if study.kind == "nifti":
         notes.append(_NO_SR_NIFTI)
     else:
+        headers: list[Any] = []  # read once, for the SR and the secondary capture
         try:
-            headers = [read_dataset(p, stop_before_pixels=True) for p in study.paths]
+            headers.extend(read_dataset(p, stop_before_pixels=True) for p in study.paths)
             row["sr_path"] = _write_sr(run, key, headers, "detection", row, boxes=boxes)
         except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
             notes.append(f"no DICOM SR ({type(exc).__name__}: {exc})")
@@ -926,7 +928,7 @@ def _detect(run: _Run, study: Study, model: _Model) -> None:
             from medvision.reporting.sc import KEY_SLICE_ORIENTATION
 
             try:
-                header = read_dataset(study.paths[0], stop_before_pixels=True)
+                header = headers[0] if headers else read_dataset(study.paths[0], stop_before_pixels=True)
                 picture = str(row["images"][0]["path"])
                 what = "axial key slice in radiological view with the detector's boxes and scores"
                 row["secondary_capture_path"] = _write_sc(run, key, header, picture, KEY_SLICE_ORIENTATION, what, row)
@@ -1171,18 +1173,13 @@ def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, st
 
     # Studies unchanged since the previous report are copied from it.
     todo_cls, todo_det = [], []
-    for study in radiographs:
-        rows = _reuse(run, _cache_key(run, study, cls_model))
-        if rows is not None:
-            run.rows.extend(rows)
-        else:
-            todo_cls.append(study)
-    for study in volumes:
-        rows = _reuse(run, _cache_key(run, study, det_model))
-        if rows is not None:
-            run.rows.extend(rows)
-        else:
-            todo_det.append(study)
+    for studies, model, todo in ((radiographs, cls_model, todo_cls), (volumes, det_model, todo_det)):
+        for study in studies:
+            rows = _reuse(run, _cache_key(run, study, model))
+            if rows is not None:
+                run.rows.extend(rows)
+            else:
+                todo.append(study)
 
     # Weights are loaded before the progress bar starts, so that its ETA measures the studies.
     if todo_cls:

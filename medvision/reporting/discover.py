@@ -191,6 +191,12 @@ def _failure(path: Path, root: Path, reason: str) -> Study:
     return Study(key=f"err-{_digest(rel)}", route=FAILED, kind="file", source=rel, paths=[path], reason=reason)
 
 
+def _not_applicable(prefix: str, kind: str, path: Path, rel: str, reason: str) -> Study:
+    """A file no model applies to, listed with its reason."""
+    key = f"{prefix}-{_digest(rel)}"
+    return Study(key=key, route=NOT_APPLICABLE, kind=kind, source=rel, paths=[path], reason=reason)
+
+
 def _text(ds: Any, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()
@@ -363,45 +369,20 @@ def discover(
             if problem is not None and problem[0] == FAILED:
                 others.append(_failure(path, root, problem[1]))
             elif problem is not None:
-                reason = problem[1].replace(str(path), rel)
-                others.append(
-                    Study(
-                        key=f"nii-{_digest(rel)}",
-                        route=NOT_APPLICABLE,
-                        kind="nifti",
-                        source=rel,
-                        paths=[path],
-                        reason=reason,
-                    )  # fmt: skip
-                )
+                others.append(_not_applicable("nii", "nifti", path, rel, problem[1].replace(str(path), rel)))
             else:
                 niftis.append(Study(key=f"nii-{_digest(rel)}", route=DETECTION, kind="nifti", source=rel, paths=[path]))
             continue
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            others.append(
-                Study(
-                    key=f"img-{_digest(rel)}",
-                    route=NOT_APPLICABLE,
-                    kind="file",
-                    source=rel,
-                    paths=[path],
-                    reason=f"{rel}: a {path.suffix.lower()[1:].upper()} image carries no modality or patient header;"
-                    " convert it to DICOM to have it reported",
-                )
+            reason = (
+                f"{rel}: a {path.suffix.lower()[1:].upper()} image carries no modality or patient header;"
+                " convert it to DICOM to have it reported"
             )
+            others.append(_not_applicable("img", "file", path, rel, reason))
             continue
         if path.name.upper() == "DICOMDIR":
             reason = f"{rel}: a DICOMDIR index; the images it lists are read directly"
-            others.append(
-                Study(
-                    key=f"dir-{_digest(rel)}",
-                    route=NOT_APPLICABLE,
-                    kind="file",
-                    source=rel,
-                    paths=[path],
-                    reason=reason,
-                )
-            )
+            others.append(_not_applicable("dir", "file", path, rel, reason))
             continue
         try:
             ds = read_dataset(path, stop_before_pixels=True)
