@@ -47,6 +47,26 @@ class SeriesSelectionError(InputError):
     """A folder that holds several DICOM series, or none."""
 
 
+class HeaderError(InputError):
+    """A header element or field that is missing, malformed, non-finite or invalid.
+
+    The reason names the element: a DICOM tag and keyword (``(0028,1053) RescaleSlope``) or a NIfTI
+    header field (``srow_x``, ``pixdim[1]``).
+    """
+
+
+class CorruptDataError(InputError):
+    """Pixel or voxel bytes that are truncated, corrupt or fail their checksum (gzip CRC, deflate)."""
+
+
+class GeometryError(InputError):
+    """Image geometry that is invalid or irregular: a missing slice, uneven steps, tilt, mixed sizes."""
+
+
+class SequenceError(InputError):
+    """A multi-sequence volume that lacks the sequences (channels) a model expects."""
+
+
 class ConfigError(MedvisionError):
     """A configuration key with a bad or unknown value."""
 

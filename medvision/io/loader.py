@@ -11,6 +11,7 @@ from monai.data import ImageReader
 
 from medvision.constants import DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, NIFTI_SUFFIXES
 from medvision.errors import InputError
+from medvision.io._boundary import guarded
 from medvision.io.dicom import DicomReader, _looks_like_dicom
 from medvision.io.image2d import RadiographImageReader
 from medvision.io.nifti import NiftiReader
@@ -67,7 +68,9 @@ def load(path: PathLike, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
         ('CT', (128, 128))
     """
     reader = reader_for(path, **options)
-    return reader.get_data(reader.read(str(path)))
+    # The trust boundary: whatever a reader did not name itself leaves as a typed error about this path.
+    with guarded(path, "reading the image"):
+        return reader.get_data(reader.read(str(path)))
 
 
 def summarise(array: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
