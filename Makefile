@@ -13,7 +13,7 @@ MLFLOW_DIR ?= mlflow-server
 # (braces keep pip's own exit status under pipefail: grep finding nothing to print is not a failure)
 PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean mlflow-server system-deps
+.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean mlflow-server system-deps fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,16 +56,18 @@ mlflow-server: install
 lint: install
 	$(BIN)/ruff check medvision tests benchmarks pipelines
 
-# Debian packages the report tests drive: headless Chromium opens index.html, poppler-utils (pdftoppm,
-# pdftotext) reads report.pdf. Installed with apt-get (as root) when missing; `apt-get update` only if needed.
-SYSTEM_DEPS := chromium poppler-utils
+# Debian packages the tests drive: headless Chromium opens index.html, poppler-utils (pdftoppm,
+# pdftotext) reads report.pdf, dcm2niix is the reference DICOM series converter tests/io/test_dcm2niix.py
+# compares with. Installed with apt-get (as root) when missing; `apt-get update` only if needed.
+SYSTEM_DEPS := chromium poppler-utils dcm2niix
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $(SYSTEM_DEPS)
 
 system-deps:
-	@if command -v chromium >/dev/null && command -v pdftoppm >/dev/null && command -v pdftotext >/dev/null; then \
-		echo "system packages present: chromium, poppler-utils"; \
+	@if command -v chromium >/dev/null && command -v pdftoppm >/dev/null && command -v pdftotext >/dev/null \
+		&& command -v dcm2niix >/dev/null; then \
+		echo "system packages present: chromium, poppler-utils, dcm2niix"; \
 	else \
-		echo "installing $(SYSTEM_DEPS) with apt-get (needed by tests/reporting)"; \
+		echo "installing $(SYSTEM_DEPS) with apt-get (needed by tests/reporting and tests/io/test_dcm2niix.py)"; \
 		$(APT_INSTALL) || { apt-get -o DPkg::Lock::Timeout=600 update -qq && $(APT_INSTALL); } \
 		|| { echo "error: could not install $(SYSTEM_DEPS); run as root or install them by hand" >&2; exit 1; }; \
 	fi
@@ -75,6 +77,14 @@ test: lint system-deps
 
 test-slow: install
 	$(BIN)/pytest -m slow
+
+# Fuzz campaign on medvision.io's trust boundary: seeded, bounded by time (FUZZ_SECONDS), mutated DICOM/NIfTI
+# files and series from pydicom's, pydicom-data's, deid-data's and nibabel's test files. Prints the counts per
+# outcome and mutation class; failing inputs are kept in outputs/fuzz-failures/ (case.json, findings.md).
+FUZZ_SECONDS ?= 600
+FUZZ_SEED ?= 0
+fuzz: install
+	$(BIN)/python -m tests.io.fuzz_campaign --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out outputs/fuzz-failures
 
 bench-io: install
 	$(BIN)/python benchmarks/bench_io.py

@@ -10,6 +10,7 @@ still names the file and what was being read, so a caller never sees an untyped 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,8 @@ PathLike = str | os.PathLike
 
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    # Library text such as pydicom's "Unexpected tag" would read like medvision's own untyped-error prefix.
+    text = re.sub(r"(?i)\bunexpected\b", "unrecognised", text)
     return text[:300] if text else "no message"
 
 
@@ -52,5 +55,8 @@ def guarded(path: PathLike, stage: str, fix: str = "re-export or re-copy the fil
         ) from exc
     except RecursionError as exc:
         raise CorruptDataError(path, f"{stage} failed (nesting too deep: a corrupt header)", fix) from exc
-    except Exception as exc:  # noqa: BLE001 - the boundary: every reader failure becomes a typed error
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the boundary: every reader failure becomes a typed error
+        # BaseException, not Exception: a Rust decoder's panic (pyo3's PanicException) derives from it.
         raise CorruptDataError(path, f"{stage} failed ({type(exc).__name__}: {_first_line(exc)})", fix) from exc

@@ -7,7 +7,10 @@ MONOCHROME1 inversion and min-max scaling are all affine maps of the stored valu
 resizing is an average, so they commute: this path averages the stored values first
 (``torch.nn.functional.adaptive_avg_pool2d``, the same kernel as MONAI's ``Resize(mode="area")``)
 and applies the affine maps to the small result, with the min and max taken on the integer array.
-The output matches MONAI's chain to float precision (a test checks it).
+The output matches MONAI's chain to float precision (a test checks it). A Modality LUT need not be linear,
+and float pixel data may hold NaN, so those images are brought to brightness (checked) before resizing.
+The header checks of :mod:`medvision.io.dicom` (malformed elements refused, pixel bytes against the header)
+cost about 1% of this path (``benchmarks/bench_io.py`` prints the share).
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ import torch.nn.functional as F
 
 from medvision.constants import DEFAULT_MAX_VOXELS
 from medvision.errors import InputError
-from medvision.io.dicom import _rescale, check_size, decode_stored, normalised_meta, pixel_spacing, read_dataset
+from medvision.io.dicom import (
+    _integer,
+    _modality_lut_bits,
+    _rescale,
+    check_size,
+    decode_stored,
+    normalised_meta,
+    read_dataset,
+    to_brightness,
+)
 
 PathLike = str | os.PathLike
 
@@ -88,7 +100,8 @@ def _read_and_decode(path: PathLike, max_voxels: int) -> tuple[Any, np.ndarray]:
     ds = read_dataset(path)
     check_size(ds, path, max_voxels)
     # A zero-copy view is possible only when no unused high bits need masking.
-    bits_equal = int(ds.get("BitsStored", 16) or 16) == int(ds.get("BitsAllocated", 16) or 16)
+    bits_equal = _integer(ds, "BitsStored", path, default=16) == _integer(ds, "BitsAllocated", path, default=16)
+    # decode_stored checks the Image Pixel elements and, for native data, the bytes they promise, before decoding.
     stored = decode_stored(ds, path, view_only=bits_equal)
     if cache is not None:
         cache[key] = (ds, stored)
@@ -130,22 +143,32 @@ def load_radiograph_tensor(
             "load multi-frame or colour images with medvision.io.load",
         )
     stored = stored[0]
-    lo, hi = float(stored.min()), float(stored.max())
-    # area_resize returns a new tensor, so the scratch buffer is free again afterwards.
-    small = area_resize(_as_float32(stored), size, keep_aspect=keep_aspect)
+    # Checked before any arithmetic: a malformed rescale or Modality LUT is refused, naming the element.
+    slope, _ = _rescale(ds, path)
+    via_brightness = _modality_lut_bits(ds, path) is not None or stored.dtype.kind == "f"
+    if via_brightness:
+        # A Modality LUT need not be linear, and float pixel data may hold NaN: to_brightness applies the LUT
+        # (MONOCHROME1 inverted) and refuses non-finite values; the min-max scaling then follows it.
+        image = torch.from_numpy(to_brightness(stored, ds, path=path))
+        lo, hi = float(image.min()), float(image.max())
+        small = area_resize(image, size, keep_aspect=keep_aspect)
+    else:
+        lo, hi = float(stored.min()), float(stored.max())
+        # area_resize returns a new tensor, so the scratch buffer is free again afterwards.
+        small = area_resize(_as_float32(stored), size, keep_aspect=keep_aspect)
     if keep_aspect:
         # The letterbox border is 0 in stored units; give it the darkest value instead.
         mask = area_resize(torch.ones(stored.shape, dtype=torch.float32), size, keep_aspect=True)
-    slope, _ = _rescale(ds)
     span = hi - lo
     out = (small - lo) / span if span > 0 else torch.zeros_like(small)
-    invert = (str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1") != (slope < 0)
-    if invert:
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    if not via_brightness and monochrome1 != (slope < 0):
         out = 1.0 - out
     if keep_aspect:
         out = out * mask
-    meta = normalised_meta(ds)
-    spacing_rc = pixel_spacing(ds) or (1.0, 1.0)
+    # Fallbacks taken (spacing assumed, transfer syntax inferred, padding ignored) are in meta["notes"].
+    meta = normalised_meta(ds, path)
+    spacing_rc = meta["pixel_spacing_mm"] or (1.0, 1.0)
     meta.update(
         {
             "path": str(path),
