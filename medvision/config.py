@@ -78,6 +78,15 @@ class VolumeConfig(_Strict):
     #: Connected components of a label mask smaller than this many voxels are not lesions.
     min_lesion_voxels: int = Field(1, ge=1)
     augment: bool = True
+    #: A DICOM series (or multi-frame file) whose slices are unevenly spaced along the normal (a missing slice,
+    #: uneven steps): ``refuse`` it with an error naming the slices, or ``resample`` it onto a regular grid
+    #: (linear along the normal, step = the median step; the metadata notes say so). Duplicate positions, gantry
+    #: tilt and mixed slice sizes are refused either way.
+    irregular: Literal["refuse", "resample"] = "refuse"
+    #: Multi-sequence volumes (4D NIfTI x, y, z, c, as MSD Task01 / BraTS): the sequences given to the detector,
+    #: by name (the ``modality`` dict of the datalist JSON, e.g. ``[FLAIR, t1gd]``) or by index (``[0, 2]``), in
+    #: this order. ``null`` (default): every sequence. A 3D volume is one sequence.
+    channels: list[int | str] | None = None
 
 
 class DataConfig(_Strict):

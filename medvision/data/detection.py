@@ -57,6 +57,12 @@ Formats (``fmt`` of :func:`load_detection_datalist`):
     non-blank boxes cell (``[]`` included) is used as given; otherwise the boxes come from the mask. The
     demo's ``mri/manifest.csv`` loads as is.
 
+Multi-sequence volumes (MSD Task01 / BraTS: a 4D NIfTI ``x, y, z, c`` with FLAIR, T1w, t1gd, T2w) keep their
+sequences as channels. Their names come from the ``modality`` dict of the datalist JSON (MSD's
+``{"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}``, :func:`sequence_names`); :func:`check_volumes`
+records each volume's channel count (``n_channels``) and :func:`resolve_sequences` refuses a data set whose
+volumes have different counts and resolves ``data.volume.channels``.
+
 A datalist in which no volume has a box (every mask empty) is refused: there is nothing to learn from.
 A single empty mask is fine: a tumour-free volume is a valid negative.
 """
@@ -88,7 +94,7 @@ from medvision.constants import (
     PATIENT_ID,
 )
 from medvision.data.datalist import box_list, datalist_name, join_problems, parse_split
-from medvision.errors import ConfigError, DataError, InputError
+from medvision.errors import ConfigError, DataError, InputError, SequenceError
 
 PathLike = str | os.PathLike
 
@@ -97,6 +103,8 @@ FORMATS = ("detection", "decathlon", "csv")
 BOX_MODES = ("xyzxyz", "xxyyzz", "xyxyzz", "xyzwhd", "cccwhd")
 #: Key of the per-item problem text (``""`` when the item is fine).
 PROBLEM = "problem"
+#: Key of the channel (sequence) count that :func:`check_volumes` adds to the items it keeps.
+N_CHANNELS = "n_channels"
 #: Tolerance (voxels) of the bounds check: world boxes converted to voxels are not exact integers.
 BOUNDS_TOLERANCE = 1e-3
 #: Decimals kept of a converted world box (float noise of the inverse affine).
@@ -838,7 +846,8 @@ def check_volumes(
         max_voxels: size guard of the header reads.
 
     Returns:
-        ``(good items (copies), [(item, reason), ...])`` where ``item`` is ``"<source> (<image>)"``.
+        ``(good items (copies, with ``n_channels``: the image's channel / sequence count), [(item, reason),
+        ...])`` where ``item`` is ``"<source> (<image>)"``.
 
     Raises:
         DataError: there are problems and ``skip_bad`` is false; it lists all of them (the first 20 in the
@@ -853,11 +862,11 @@ def check_volumes(
     problems: list[tuple[str, str]] = []
     for item in items:
         name = f"{item.get('source') or '?'} ({item.get(IMAGE, '?')})"
-        reasons = _item_problems(item, max_voxels)
+        reasons, header = _item_problems(item, max_voxels)
         if reasons:
             problems.append((name, "; ".join(reasons)))
         else:
-            kept.append(dict(item))
+            kept.append({**item, N_CHANNELS: int(header.n_channels) if header is not None else 1})
     if problems and not skip_bad:
         error = DataError(
             datalist_name(items),
@@ -870,13 +879,18 @@ def check_volumes(
     return kept, problems
 
 
-def _item_problems(item: dict[str, Any], max_voxels: int) -> list[str]:
+def _item_problems(item: dict[str, Any], max_voxels: int) -> tuple[list[str], VolumeHeader | None]:
+    """The item's problems, and the image header when it could be read."""
     if item.get(PROBLEM):
-        return [str(item[PROBLEM])]
+        return [str(item[PROBLEM])], None
     try:
         header = read_volume_header(item[IMAGE], max_voxels=max_voxels)
     except InputError as exc:
-        return [f"image: {exc.reason}" + (f"; {exc.fix}" if exc.fix else "")]
+        return [f"image: {exc.reason}" + (f"; {exc.fix}" if exc.fix else "")], None
+    return _volume_item_problems(item, header, max_voxels), header
+
+
+def _volume_item_problems(item: dict[str, Any], header: VolumeHeader, max_voxels: int) -> list[str]:
     reasons = volume_problems(header)
     if reasons:
         return reasons
@@ -894,3 +908,130 @@ def _item_problems(item: dict[str, Any], max_voxels: int) -> list[str]:
         elif not np.allclose(mask.affine, header.affine, atol=1e-2):
             reasons.append("mask affine differs from the image affine (the mask is on another grid)")
     return reasons
+
+
+# ---- sequences (channels) -----------------------------------------------------------------------------------
+
+
+def sequence_names(fmt: str, path: PathLike) -> list[str] | None:
+    """The sequence names of a JSON datalist's ``modality`` dict, in channel order; ``None`` without one.
+
+    MSD Task01 writes ``"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}``: channel ``i`` of
+    every 4D image is sequence ``modality[str(i)]``. A CSV datalist has no names (``None``).
+
+    Example:
+        >>> sequence_names("csv", "manifest.csv") is None
+        True
+    """
+    if str(fmt).strip().lower() not in ("detection", "decathlon"):
+        return None
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    modality = doc.get("modality") if isinstance(doc, dict) else None
+    if not isinstance(modality, dict) or not modality:
+        return None
+    try:
+        keyed = sorted((int(str(k)), str(v)) for k, v in modality.items())
+    except ValueError:
+        return None
+    if [k for k, _ in keyed] != list(range(len(keyed))):
+        return None
+    return [v for _, v in keyed]
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """The sequences a detector is trained on.
+
+    Attributes:
+        n_channels: channels (sequences) of every volume of the data set (1 for 3D volumes).
+        available: names of those channels (the datalist's ``modality`` dict, else ``"0"``, ``"1"``, ...).
+        channels: the channel indices given to the detector, in order; ``None`` = all, as they are.
+        names: the names of the sequences given to the detector, in order.
+    """
+
+    n_channels: int
+    available: list[str]
+    channels: list[int] | None
+    names: list[str]
+
+    @property
+    def count(self) -> int:
+        """Sequences per input (the detector's ``sequences``)."""
+        return len(self.names)
+
+
+def _channel_list(items: Sequence[dict[str, Any]], n: int, limit: int = 5) -> str:
+    names = [Path(str(i.get(IMAGE, "?"))).name for i in items if int(i.get(N_CHANNELS, 1)) == n]
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return f"{n} in {len(names)} volume(s) ({shown})"
+
+
+def resolve_sequences(
+    items: Sequence[dict[str, Any]], asked: Sequence[int | str] | None, names: Sequence[str] | None = None
+) -> Sequences:
+    """Check that every volume has the same sequences and resolve ``data.volume.channels`` against them.
+
+    Args:
+        items: items kept by :func:`check_volumes` (they carry ``n_channels``).
+        asked: ``data.volume.channels``: names (matched without regard to case) or indices; ``None`` = all.
+        names: the datalist's sequence names (:func:`sequence_names`); used when their number matches.
+
+    Raises:
+        DataError: volumes with different channel counts (listed by count).
+        SequenceError: a sequence asked for that the volumes do not have (naming a volume, its sequences and
+            those asked for).
+        ConfigError: a sequence asked for twice, or an empty list.
+
+    Example:
+        >>> items = [{"image": "/d/a.nii.gz", "n_channels": 4}, {"image": "/d/b.nii.gz", "n_channels": 4}]
+        >>> s = resolve_sequences(items, ["t1gd", 0], ["FLAIR", "T1w", "t1gd", "T2w"])
+        >>> s.channels, s.names
+        ([2, 0], ['t1gd', 'FLAIR'])
+    """
+    counts = sorted({int(i.get(N_CHANNELS, 1)) for i in items})
+    if len(counts) > 1:
+        raise DataError(
+            datalist_name(items),
+            "the volumes have different numbers of sequences (channels): "
+            + "; ".join(_channel_list(items, n) for n in counts),
+            "give every volume the same sequences in the same order (a 4D NIfTI x, y, z, sequence), or list only "
+            "volumes with the same sequences",
+        )
+    n = counts[0] if counts else 1
+    available = [str(v) for v in names] if names is not None and len(names) == n else [str(i) for i in range(n)]
+    if asked is None:
+        return Sequences(n, available, None, list(available))
+    if not len(asked):
+        raise ConfigError("data.volume.channels", "is an empty list", "name at least one sequence, or use null (all)")
+    lower = {name.lower(): i for i, name in enumerate(available)}
+    chosen: list[int] = []
+    unknown: list[str] = []
+    for value in asked:
+        if isinstance(value, int) and not isinstance(value, bool):
+            index = value if 0 <= value < n else None
+        elif str(value).strip().lower() in lower:
+            index = lower[str(value).strip().lower()]
+        elif str(value).strip().isdigit() and int(str(value).strip()) < n:
+            index = int(str(value).strip())
+        else:
+            index = None
+        if index is None:
+            unknown.append(repr(value))
+        else:
+            chosen.append(index)
+    if unknown:
+        first = str(items[0].get(IMAGE, "?")) if items else datalist_name(items)
+        has = ", ".join(f"{i} {name}" if name != str(i) else str(i) for i, name in enumerate(available))
+        raise SequenceError(
+            first,
+            f"has {n} sequence(s) ({has}); data.volume.channels asks for {', '.join(map(repr, asked))}: "
+            f"{', '.join(unknown)} not among them",
+            "name sequences of the data set by name (the datalist's modality dict) or by index 0.."
+            f"{n - 1}, or drop data.volume.channels (every sequence)",
+        )
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError("data.volume.channels", f"{list(asked)!r} names a sequence twice", "name each once")
+    return Sequences(n, available, chosen, [available[i] for i in chosen])

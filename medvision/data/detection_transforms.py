@@ -5,6 +5,8 @@ The chain that :func:`detection_transforms` builds (items from :mod:`medvision.d
     LoadVolumed                NIfTI (NiftiReader) or DICOM series (DicomReader), picked by path;
                                refuses a 2D image or a missing/zero spacing                  \\
     EnsureChannelFirstd        (C, x, y, z); MSD's 4D NIfTI keeps its sequences as channels  |
+    SelectSequencesd           the sequences asked for (data.volume.channels, the model's)   |
+                               and refuses a volume without them (when a selection is given) |
     EnsureTyped                image float32 MetaTensor; boxes float32, box_labels int64     |
     StandardizeEmptyBoxd       no boxes -> shape (0, 6)                                      |
     ShiftBoxd(-0.5)            box corners -> voxel-centre coordinates                       |
@@ -80,7 +82,7 @@ from monai.transforms.transform import Transform
 from medvision.constants import BOX_LABELS, BOXES, DEFAULT_MAX_VOXELS, IMAGE, NIFTI_SUFFIXES
 from medvision.data.detection import read_volume_header, volume_problems
 from medvision.data.transforms import MedvisionCompose
-from medvision.errors import ConfigError, InputError
+from medvision.errors import ConfigError, InputError, SequenceError
 from medvision.io import DicomReader, NiftiReader
 
 MODALITIES = ("CT", "MR")
@@ -118,10 +120,15 @@ class LoadVolumed(LoadImaged):
     """
 
     def __init__(
-        self, keys: KeysCollection = IMAGE, *, max_voxels: int = DEFAULT_MAX_VOXELS, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection = IMAGE,
+        *,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
+        allow_missing_keys: bool = False,
+        irregular: str = "refuse",  # DicomReader: refuse or resample unevenly spaced slices (data.volume.irregular)
     ) -> None:
         self.nifti_reader = NiftiReader(max_voxels=max_voxels)
-        self.dicom_reader = DicomReader(max_voxels=max_voxels)
+        self.dicom_reader = DicomReader(max_voxels=max_voxels, irregular=irregular)
         with warnings.catch_warnings():
             # MONAI's LoadImage also builds its stock readers; one warns about a GPU codec that medvision never uses.
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
@@ -187,6 +194,60 @@ def check_volume(image: Any, path: str | os.PathLike) -> None:
             f"voxel spacing missing or zero ({', '.join(f'{s:g}' for s in spacing)} mm)",
             "set the voxel size in the header (NIfTI pixdim/sform, DICOM PixelSpacing and slice positions)",
         )
+
+
+class SelectSequencesd(MapTransform):
+    """Keep the sequences (channels) ``channels`` of a ``(C, x, y, z)`` image, in that order; refuse a volume
+    without them.
+
+    Args:
+        keys: the image key(s).
+        channels: channel indices to keep; ``None`` keeps every channel.
+        expected: the channel count the volume must have (``None``: any count that holds ``channels``).
+        wanted: what asks for the sequences, for the message (``"the model ... expects 4 sequences (FLAIR,
+            T1w, t1gd, T2w)"``).
+        fix: what to do about a volume without them.
+
+    Raises:
+        SequenceError: naming the file, its channel count and ``wanted``.
+
+    Example:
+        >>> image = torch.arange(3.0).reshape(3, 1, 1, 1)
+        >>> SelectSequencesd("image", [2, 0])({"image": image})["image"].flatten().tolist()
+        [2.0, 0.0]
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        channels: Sequence[int] | None = None,
+        *,
+        expected: int | None = None,
+        wanted: str = "",
+        fix: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = None if channels is None else [int(c) for c in channels]
+        self.expected = None if expected is None else int(expected)
+        self.wanted = wanted or (
+            f"expected {self.expected} sequence(s)" if self.expected else f"asked for channels {self.channels}"
+        )
+        self.fix = fix
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            n = int(image.shape[0])
+            missing = self.channels is not None and (max(self.channels, default=-1) >= n)
+            if missing or (self.expected is not None and n != self.expected):
+                path = str(getattr(image, "meta", {}).get("filename_or_obj", key))
+                has = "1 sequence (a 3D volume)" if n == 1 else f"{n} sequences (channels of a 4D volume)"
+                raise SequenceError(path, f"has {has}; {self.wanted}", self.fix)
+            if self.channels is not None and self.channels != list(range(n)):
+                d[key] = image[self.channels]
+        return d
 
 
 class ShiftBoxd(MapTransform, InvertibleTransform):
@@ -325,6 +386,11 @@ def detection_transforms(
     train: bool = False,
     augment: Mapping[str, Any] | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    channels: Sequence[int] | None = None,
+    expect_channels: int | None = None,
+    sequences_wanted: str = "",
+    sequences_fix: str | None = None,
+    irregular: str = "refuse",
 ) -> MedvisionCompose:
     """The MONAI chain from a detection item to a RAS volume at ``spacing`` with its boxes (module docstring).
 
@@ -338,6 +404,12 @@ def detection_transforms(
             (x-y plane; use an isotropic in-plane ``spacing``), ``zoom_prob``, ``zoom`` (range);
             ``{"enabled": False}`` turns it off.
         max_voxels: size guard of the loader.
+        irregular: DICOM series with uneven slice steps: ``"refuse"`` or ``"resample"`` (data.volume.irregular).
+        channels: the sequences (channel indices of the loaded volume) to keep, in this order; ``None``
+            (default) keeps every channel (a 3D volume is one).
+        expect_channels: the channel count every volume must have (the training set's); ``None``: not checked.
+        sequences_wanted, sequences_fix: the reason and fix of the :class:`~medvision.errors.SequenceError`
+            for a volume without those sequences (see :class:`SelectSequencesd`).
 
     Returns:
         A :class:`~medvision.data.transforms.MedvisionCompose`. Its output ``image`` is a float32
@@ -373,8 +445,13 @@ def detection_transforms(
             NormalizeIntensityd(image, nonzero=True, channel_wise=True),
         ]
     chain: list[Transform] = [
-        LoadVolumed(image, max_voxels=max_voxels),
+        LoadVolumed(image, max_voxels=max_voxels, irregular=irregular),
         EnsureChannelFirstd(image),
+        *(
+            [SelectSequencesd(image, channels, expected=expect_channels, wanted=sequences_wanted, fix=sequences_fix)]
+            if channels is not None or expect_channels is not None
+            else []
+        ),
         EnsureTyped(image, dtype=torch.float32),
         EnsureTyped(boxes, dtype=torch.float32, track_meta=False),
         EnsureTyped(labels, dtype=torch.long, track_meta=False),

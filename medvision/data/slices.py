@@ -1,10 +1,15 @@
 """Axial slice stacks of a preprocessed volume, with their 2D boxes, for the 2.5D detector.
 
 A volume here is the output of :func:`medvision.data.detection_transforms.detection_transforms`: an image
-``(C, X, Y, Z)`` (RAS, C = 1) and boxes ``(K, 6)`` ``[x0, y0, z0, x1, y1, z1]`` in ``[min, max)`` voxel
-indices. Axial slice ``k`` is ``image[0, :, :, k]``; its stack takes the slices ``k - context`` to
-``k + context`` (repeating the first or last slice at the ends) as channels and is transposed to
-``(channels, y, x)``, so that torchvision's ``(x1, y1, x2, y2)`` boxes are the volume's ``(x0, y0, x1, y1)``.
+``(C, X, Y, Z)`` (RAS; C sequences, e.g. the four MR sequences of MSD Task01, or C = 1) and boxes ``(K, 6)``
+``[x0, y0, z0, x1, y1, z1]`` in ``[min, max)`` voxel indices. Axial slice ``k`` of sequence ``c`` is
+``image[c, :, :, k]``; the stack of slice ``k`` takes the slices ``k - context`` to ``k + context`` (repeating
+the first or last slice at the ends) of every sequence as channels, **sequence-major**: channel
+``c * (2 * context + 1) + j`` is slice ``k - context + j`` of sequence ``c`` (all neighbours of the first
+sequence, then all of the second, ...), ``C * (2 * context + 1)`` channels in all. A single-sequence volume
+(``(X, Y, Z)`` or ``(1, X, Y, Z)``) gives the ``2 * context + 1`` channels it always gave. The stack is
+transposed to ``(channels, y, x)``, so that torchvision's ``(x1, y1, x2, y2)`` boxes are the volume's
+``(x0, y0, x1, y1)``.
 
 A lesion box covers slice ``k`` when the slice centre ``k + 0.5`` lies in ``[z0, z1)``.
 
@@ -37,13 +42,14 @@ MIN_BOX_SIDE = 1.0
 
 
 def _volume(image: Tensor | np.ndarray) -> Tensor:
+    """The volume as ``(C, X, Y, Z)`` float (a 3D volume is one sequence)."""
     # A MONAI MetaTensor routes every torch op through its __torch_function__ (several times slower in the
     # network); the slices need only the voxels.
     t = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image))
-    if t.ndim == 4:
-        t = t[0]
-    if t.ndim != 3:
-        raise ValueError(f"expected a volume (X, Y, Z) or (1, X, Y, Z), got shape {tuple(t.shape)}")
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[0] < 1:
+        raise ValueError(f"expected a volume (X, Y, Z) or (C, X, Y, Z), got shape {tuple(t.shape)}")
     return t.float()
 
 
@@ -54,16 +60,22 @@ def _indices(k: Tensor | Sequence[int], depth: int, context: int) -> Tensor:
 
 
 def slice_stacks(image: Tensor | np.ndarray, ks: Sequence[int] | Tensor, context: int = 1) -> Tensor:
-    """Stacks ``(len(ks), 2 * context + 1, Y, X)`` of the axial slices ``ks`` of ``image``."""
+    """Stacks ``(len(ks), C * (2 * context + 1), Y, X)`` of the axial slices ``ks`` of ``image`` ``(C, X, Y, Z)``.
+
+    Channel order: sequence-major (module docstring); ``C = 1`` gives ``(len(ks), 2 * context + 1, Y, X)``.
+    """
     vol = _volume(image).numpy()
-    idx = _indices(ks, vol.shape[2], context).numpy()  # (N, C)
-    # vol[:, :, idx] -> (X, Y, N, C) -> (N, C, Y, X). NumPy, not torch: this small gather would otherwise
-    # start torch's thread pool, which stalls for milliseconds whenever another process holds a core.
-    return torch.from_numpy(np.ascontiguousarray(vol[:, :, idx].transpose(2, 3, 1, 0)))
+    idx = _indices(ks, vol.shape[3], context).numpy()  # (N, S)
+    n, s = idx.shape
+    # vol[:, :, :, idx] -> (C, X, Y, N, S) -> (N, C, S, Y, X) -> (N, C * S, Y, X). NumPy, not torch: this small
+    # gather would otherwise start torch's thread pool, which stalls for milliseconds whenever another process
+    # holds a core.
+    stacks = vol[:, :, :, idx].transpose(3, 0, 4, 2, 1).reshape(n, vol.shape[0] * s, vol.shape[2], vol.shape[1])
+    return torch.from_numpy(np.ascontiguousarray(stacks))
 
 
 def slice_stack(image: Tensor | np.ndarray, k: int, context: int = 1) -> Tensor:
-    """The stack ``(2 * context + 1, Y, X)`` around axial slice ``k``."""
+    """The stack ``(C * (2 * context + 1), Y, X)`` around axial slice ``k`` (:func:`slice_stacks`)."""
     return slice_stacks(image, [k], context)[0]
 
 
@@ -87,10 +99,10 @@ def lesion_slices(boxes: Tensor | np.ndarray, depth: int) -> np.ndarray:
 
 
 def foreground_slices(image: Tensor | np.ndarray, *, eps: float = 1e-6) -> np.ndarray:
-    """Axial indices whose slice is not constant (skips empty background slices at inference)."""
+    """Axial indices whose slice is not constant in some sequence (skips empty background slices at inference)."""
     vol = _volume(image)
-    flat = vol.permute(2, 0, 1).reshape(vol.shape[2], -1)
-    spread = flat.amax(dim=1) - flat.amin(dim=1)
+    flat = vol.permute(0, 3, 1, 2).reshape(vol.shape[0], vol.shape[3], -1)  # (C, Z, X * Y)
+    spread = (flat.amax(dim=2) - flat.amin(dim=2)).amax(dim=0)
     return torch.nonzero(spread > eps).flatten().numpy()
 
 
@@ -111,7 +123,7 @@ def epoch_slices(
     """Every slice with a lesion, and ``negatives_per_positive`` times as many foreground slices without, shuffled.
 
     Args:
-        volumes: ``(image (1, X, Y, Z), boxes (K, 6))`` per volume.
+        volumes: ``(image (C, X, Y, Z), boxes (K, 6))`` per volume.
         negatives_per_positive: how many lesion-free slices per lesion slice (drawn without replacement from
             the non-constant slices of all volumes).
         rng: the epoch's random generator.

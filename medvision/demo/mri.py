@@ -4,6 +4,13 @@ Each volume starts from the MNI152 T1 template that nilearn ships inside its pac
 download), then gets a random smooth deformation, 0 to 2 irregular tumours inside the brain,
 a multiplicative bias field and Rician noise.
 
+Multi-sequence volumes (``n_sequences=4``, as MSD Task01 / BraTS: :data:`SEQUENCES` FLAIR, T1w, t1gd,
+T2w, written as one 4D NIfTI ``x, y, z, sequence``): the single-sequence volume is the t1gd sequence (every
+tumour enhances); T1w is the same anatomy without any tumour; FLAIR and T2w get their own contrast (from the
+template's intensities) and show each tumour with probability :data:`SHOWN_PROBABILITY`, independently. A
+model that reads only the first sequence (FLAIR) therefore cannot find every tumour. The extra sequences come
+from random streams of their own, so the single-sequence data set stays byte for byte what it was.
+
 Conventions:
 
 * Voxel boxes are ``[i0, j0, k0, i1, j1, k1]`` in indices of the NIfTI array, minimum inclusive
@@ -50,6 +57,12 @@ from medvision.demo._common import (
 SLOPES = (0.0625, 0.125, 0.25, 0.5, 1.0)
 #: How many volumes have 0, 1 or 2 tumours.
 N_TUMOUR_WEIGHTS = (0.25, 0.45, 0.30)
+#: Sequence names of a multi-sequence volume, in channel order (MSD Task01).
+SEQUENCES = ("FLAIR", "T1w", "t1gd", "T2w")
+#: The sequence that shows every tumour (the single-sequence volume).
+ENHANCING = "t1gd"
+#: Probability that a tumour shows in FLAIR, and (independently) in T2w.
+SHOWN_PROBABILITY = {"FLAIR": 0.5, "T2w": 0.5}
 #: LPS = diag(-1, -1, 1) @ RAS.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -115,9 +128,12 @@ class Tumour:
     n_voxels: int
     volume_mm3: float
     diameter_mm: float
+    #: Multi-sequence volumes: the sequences in which the tumour shows (``None`` for a single sequence).
+    shown_in: list[str] | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready fields."""
+        extra = {} if self.shown_in is None else {"shown_in": list(self.shown_in)}
         return {
             "index": self.index,
             "kind": self.kind,
@@ -127,6 +143,7 @@ class Tumour:
             "n_voxels": self.n_voxels,
             "volume_mm3": self.volume_mm3,
             "diameter_mm": self.diameter_mm,
+            **extra,
         }
 
 
@@ -136,7 +153,10 @@ class MriCase:
 
     Attributes:
         index: 1-based volume number.
-        stored: Stored integers (int16), shape ``(i, j, k)``; real value = ``stored * slope``.
+        stored: Stored integers (int16), shape ``(i, j, k)``; real value = ``stored * slope``. Of a
+            multi-sequence volume: its t1gd sequence (what the DICOM series holds).
+        sequences: Multi-sequence volumes: all sequences ``(i, j, k, len(SEQUENCES))`` (int16, same slope);
+            ``None`` for a single-sequence volume.
         slope: Rescale slope (intercept is 0).
         mask: Tumour instance mask (uint8, 0 background, ``k`` for tumour ``k``).
         affine: Voxel to RAS mm.
@@ -149,6 +169,7 @@ class MriCase:
     mask: np.ndarray
     affine: np.ndarray
     tumours: list[Tumour] = field(default_factory=list)
+    sequences: np.ndarray | None = None
     patient_id: str = ""
     patient_name: str = ""
     sex: str = "O"
@@ -201,13 +222,22 @@ def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _implant(
-    rng: np.random.Generator, image: np.ndarray, depth: np.ndarray, affine: np.ndarray, n_tumours: int
+    rng: np.random.Generator,
+    image: np.ndarray,
+    depth: np.ndarray,
+    affine: np.ndarray,
+    n_tumours: int,
+    blends: list[tuple[tuple[slice, ...], np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, list[Tumour]]:
     """Implant up to ``n_tumours`` irregular ellipsoids inside the brain (in place on ``image``).
 
     Each tumour has semi-axes of 4 to 15 mm, a random orientation and a surface bumped by a few
     low-frequency waves. It is kept only if it lies wholly inside the brain and at least two
     voxels away from the other tumours, so that every tumour is one connected component.
+
+    Args:
+        blends: when given, gets ``(window, weight, texture)`` of every kept tumour (to draw the tumour into
+            other sequences); collecting them draws nothing from ``rng``.
 
     Returns:
         ``(mask, tumours)``.
@@ -268,6 +298,8 @@ def _implant(
         region = image[window]
         region[...] = (1.0 - weight) * region + weight * value
         mask[window][inside] = k
+        if blends is not None:
+            blends.append((window, weight, texture))
 
         idx = np.argwhere(inside) + lo
         vmin, vmax = idx.min(axis=0), idx.max(axis=0) + 1
@@ -291,26 +323,78 @@ def _implant(
     return mask, tumours
 
 
-def synth_brain(seed: int, index: int) -> MriCase:
+def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
+    noise = rng.standard_normal((2, *signal.shape), dtype=np.float32) * sigma
+    return np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)
+
+
+def _other_sequences(
+    seed: int,
+    index: int,
+    base: np.ndarray,
+    blends: list[tuple[tuple[slice, ...], np.ndarray, np.ndarray]],
+    tumours: list[Tumour],
+    bias: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """FLAIR, T1w and T2w signal (before quantisation) of a volume whose tumour-free anatomy is ``base``.
+
+    T1w is ``base`` (no tumour shows); FLAIR (grey matter bright, CSF and white matter dark) and T2w (CSF
+    bright, white matter dark) are smooth functions of the template's T1 intensities, and each tumour shows in
+    them with :data:`SHOWN_PROBABILITY`, drawn into the same voxels with the same blending weights as in t1gd.
+    Every draw comes from the stream ``mri-sequences`` of the volume. Records where each tumour shows in
+    ``Tumour.shown_in``.
+    """
+    rng = rng_for(seed, "mri-sequences", index)
+    head = np.clip(base / 0.1, 0.0, 1.0)
+    contrast = {
+        "FLAIR": head * (0.3 + 0.6 * np.exp(-(((base - 0.55) / 0.2) ** 2))),
+        "T1w": base.copy(),
+        "T2w": head * np.clip(1.15 - base, 0.1, 1.0),
+    }
+    for t in tumours:
+        t.shown_in = [ENHANCING]
+    for name in ("FLAIR", "T2w"):
+        image = contrast[name]
+        for (window, weight, texture), tumour in zip(blends, tumours, strict=True):
+            if rng.random() < SHOWN_PROBABILITY[name]:
+                region = image[window]
+                region[...] = (1.0 - weight) * region + weight * (rng.uniform(1.1, 1.4) * texture)
+                tumour.shown_in.append(name)
+    for t in tumours:
+        t.shown_in = [n for n in SEQUENCES if n in t.shown_in]
+    out = {}
+    for name in ("FLAIR", "T1w", "T2w"):
+        gain = rng.uniform(700.0, 1100.0)
+        out[name] = _rician(rng, (contrast[name] * bias * gain).astype(np.float32), rng.uniform(0.012, 0.03) * gain)
+    return out
+
+
+def synth_brain(seed: int, index: int, n_sequences: int = 1) -> MriCase:
     """Make volume ``index`` (1-based) of the data set with seed ``seed``.
 
     Args:
         seed: Data set seed.
         index: Volume number; each volume has its own streams.
+        n_sequences: 1 (a T1 volume with enhancing tumours) or ``len(SEQUENCES)`` (FLAIR, T1w, t1gd, T2w; the
+            t1gd sequence is the single-sequence volume, see the module docstring).
 
     Returns:
         The case (pixels, mask, tumours, synthetic patient).
     """
+    if n_sequences not in (1, len(SEQUENCES)):
+        raise ValueError(f"n_sequences must be 1 or {len(SEQUENCES)}, got {n_sequences}")
     template = load_template()
     rng = rng_for(seed, "mri-volume", index)
     image, depth = _deform(rng, template)
+    base = image.copy() if n_sequences > 1 else None
 
     affine = template.affine.copy()
     affine[:3, 3] += np.round(rng.uniform(-4.0, 4.0, size=3) * 4) / 4  # exact quarter millimetres
 
     trng = rng_for(seed, "mri-tumours", index)
     n_tumours = int(trng.choice(3, p=np.array(N_TUMOUR_WEIGHTS)))
-    mask, tumours = _implant(trng, image, depth, affine, n_tumours)
+    blends: list[tuple[tuple[slice, ...], np.ndarray, np.ndarray]] | None = [] if n_sequences > 1 else None
+    mask, tumours = _implant(trng, image, depth, affine, n_tumours, blends)
 
     bias = np.exp(rng.uniform(0.08, 0.18) * smooth_field(rng, image.shape, (4, 4, 4)))
     gain = rng.uniform(700.0, 1100.0)
@@ -318,9 +402,18 @@ def synth_brain(seed: int, index: int) -> MriCase:
     signal = image * bias * gain
     noise = rng.standard_normal((2, *image.shape), dtype=np.float32) * sigma
     values = np.sqrt((signal + noise[0]) ** 2 + noise[1] ** 2)
-    top = float(values.max())
-    slope = next((s for s in SLOPES if top / s < 30000), SLOPES[-1])
-    stored = np.clip(np.rint(values / slope), 0, 32767).astype(np.int16)
+    sequences = None
+    if base is not None and blends is not None:
+        others = _other_sequences(seed, index, base, blends, tumours, bias)
+        channels = np.stack([values if name == ENHANCING else others[name] for name in SEQUENCES], axis=-1)
+        top = float(channels.max())
+        slope = next((s for s in SLOPES if top / s < 30000), SLOPES[-1])
+        sequences = np.clip(np.rint(channels / slope), 0, 32767).astype(np.int16)
+        stored = np.ascontiguousarray(sequences[..., SEQUENCES.index(ENHANCING)])
+    else:
+        top = float(values.max())
+        slope = next((s for s in SLOPES if top / s < 30000), SLOPES[-1])
+        stored = np.clip(np.rint(values / slope), 0, 32767).astype(np.int16)
 
     prng = rng_for(seed, "mri-patient", index)
     day = random_date(prng)
@@ -333,6 +426,7 @@ def synth_brain(seed: int, index: int) -> MriCase:
         mask=mask,
         affine=affine,
         tumours=tumours,
+        sequences=sequences,
         patient_id=patient.patient_id,
         patient_name=patient.patient_name,
         sex=patient.sex,
@@ -541,6 +635,7 @@ def write_mri(
     n_volumes: int = 40,
     n_dicom: int = 4,
     progress: Callable[[str], None] | None = None,
+    n_sequences: int = 1,
 ) -> list[dict]:
     """Make and write the brain volumes under ``root/mri``.
 
@@ -550,6 +645,8 @@ def write_mri(
         n_volumes: Number of volumes.
         n_dicom: How many of the first volumes are also written as DICOM series.
         progress: Called with a short message now and then.
+        n_sequences: 1, or ``len(SEQUENCES)`` for 4D NIfTI volumes (FLAIR, T1w, t1gd, T2w); their DICOM series
+            hold the t1gd sequence.
 
     Returns:
         One record per volume: ``name``, ``patient_id``, ``sex``, ``age``, ``study_uid``,
@@ -565,9 +662,10 @@ def write_mri(
         (base / sub).mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     for index in range(1, n_volumes + 1):
-        case = synth_brain(seed, index)
+        case = synth_brain(seed, index, n_sequences)
         image_rel, mask_rel = f"imagesTr/{case.name}.nii.gz", f"labelsTr/{case.name}.nii.gz"
-        (base / image_rel).write_bytes(nifti_bytes(case.stored, case.affine, case.slope))
+        voxels = case.sequences if case.sequences is not None else case.stored
+        (base / image_rel).write_bytes(nifti_bytes(voxels, case.affine, case.slope))
         (base / mask_rel).write_bytes(nifti_bytes(case.mask, case.affine))
         dicom_rel, n_files = None, 0
         if index <= n_dicom:

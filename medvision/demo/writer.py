@@ -15,7 +15,7 @@ from pydicom.uid import UID
 
 from medvision import __version__
 from medvision.demo.datalists import write_cxr_datalists, write_json, write_mri_datalists
-from medvision.demo.mri import write_mri
+from medvision.demo.mri import SEQUENCES, write_mri
 from medvision.demo.radiographs import LABEL_NAMES, write_cxr
 from medvision.errors import DataError
 
@@ -75,6 +75,7 @@ def write_demo_data(
     n_mri: int = 80,
     n_mri_dicom: int = 4,
     progress: Callable[[str], None] | None = None,
+    n_mri_sequences: int = 1,
 ) -> dict:
     """Write the synthetic demo data set: chest radiographs (DICOM) and brain MRI (NIfTI + DICOM).
 
@@ -97,6 +98,8 @@ def write_demo_data(
         n_mri: Number of brain volumes.
         n_mri_dicom: How many of the first volumes are also written as DICOM series.
         progress: Called with short progress messages.
+        n_mri_sequences: 1 (T1 volumes, the default), or 4 for multi-sequence volumes as MSD Task01 (4D NIfTI
+            with FLAIR, T1w, t1gd, T2w; ``modality`` in the JSON datalists; the DICOM series hold t1gd).
 
     Returns:
         The inventory (counts per modality, class, transfer syntax, photometric interpretation;
@@ -112,6 +115,10 @@ def write_demo_data(
         raise ValueError(f"n_cxr_patients must be in [0, 9999], got {n_cxr_patients}")
     if not 0 <= n_mri_dicom <= n_mri <= 999:
         raise ValueError(f"need 0 <= n_mri_dicom <= n_mri <= 999, got n_mri={n_mri}, n_mri_dicom={n_mri_dicom}")
+    if n_mri_sequences not in (1, len(SEQUENCES)):
+        raise ValueError(
+            f"n_mri_sequences must be 1 or {len(SEQUENCES)} ({', '.join(SEQUENCES)}), got {n_mri_sequences}"
+        )
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -124,8 +131,9 @@ def write_demo_data(
         t_cxr = time.perf_counter() - start
 
         say(f"mri: {n_mri} volumes, {n_mri_dicom} as DICOM")
-        mri_records = write_mri(staging, seed, n_mri, n_mri_dicom, progress)
-        datalists.update(write_mri_datalists(staging, mri_records, seed))
+        mri_records = write_mri(staging, seed, n_mri, n_mri_dicom, progress, n_sequences=n_mri_sequences)
+        sequences = SEQUENCES if n_mri_sequences > 1 else None
+        datalists.update(write_mri_datalists(staging, mri_records, seed, sequences))
         t_mri = time.perf_counter() - start - t_cxr
 
         studies = [r["study"] for r in cxr_records]
@@ -135,7 +143,12 @@ def write_demo_data(
             "generator": GENERATOR,
             "version": __version__,
             "seed": seed,
-            "parameters": {"n_cxr_patients": n_cxr_patients, "n_mri": n_mri, "n_mri_dicom": n_mri_dicom},
+            "parameters": {
+                "n_cxr_patients": n_cxr_patients,
+                "n_mri": n_mri,
+                "n_mri_dicom": n_mri_dicom,
+                **({"n_mri_sequences": n_mri_sequences} if n_mri_sequences > 1 else {}),
+            },
             "cxr": {
                 "patients": len({s.patient_id for s in studies}),
                 "studies": len(studies),
@@ -154,6 +167,14 @@ def write_demo_data(
                 "tumours": len(tumours),
                 "by_n_tumours": _counts(len(r["tumours"]) for r in mri_records),
                 "by_kind": _counts(t.kind for t in tumours),
+                **(
+                    {
+                        "sequences": list(SEQUENCES),
+                        "tumours_shown_in": {n: sum(n in (t.shown_in or []) for t in tumours) for n in SEQUENCES},
+                    }
+                    if n_mri_sequences > 1
+                    else {}
+                ),
                 "dicom_series": sum(r["dicom"] is not None for r in mri_records),
                 "dicom_files": sum(r["n_dicom_files"] for r in mri_records),
                 "by_transfer_syntax": {"Explicit VR Little Endian": sum(r["n_dicom_files"] for r in mri_records)},

@@ -141,7 +141,7 @@ def detect_slices(
     device: torch.device | str = "cpu",
     slices: Sequence[int] | None = None,
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Run the 2.5D detector on the axial slices of a preprocessed volume ``(1, X, Y, Z)``.
+    """Run the 2.5D detector on the axial slices of a preprocessed volume ``(C, X, Y, Z)`` (C sequences).
 
     Constant slices (background) are skipped unless ``slices`` names them.
     """
@@ -222,8 +222,38 @@ class DetectorBundle:
             ct_window=tuple(md.get("ct_window", (-1000, 400))),
             mr_percentiles=tuple(md.get("mr_percentiles", (1, 99))),
             train=False,
+            **self.sequence_selection(),
         )
         return self._chain
+
+    def sequence_selection(self) -> dict[str, Any]:
+        """The sequence options of :func:`~medvision.data.detection_transforms.detection_transforms` for this model.
+
+        A model records the channel count of its training volumes (``volume_channels``, with their names
+        ``volume_sequences``) and the channels it stacks (``channels``); a volume with another channel count is
+        refused with a :class:`~medvision.errors.SequenceError`. A model registered before sequences were
+        recorded takes the first channel, as it always did.
+        """
+        md = self.metadata
+        if "volume_channels" not in md:
+            return {"channels": [0]}
+        n = int(md["volume_channels"])
+        available = [str(v) for v in md.get("volume_sequences") or range(n)]
+        used = [str(v) for v in md.get("sequences") or available]
+        wanted = f"the model {self.uri} expects {n} sequence(s) ({', '.join(available)})"
+        if used != available:
+            wanted += f" and uses {', '.join(used)}"
+        fix = (
+            "give a 3D volume (one sequence)"
+            if n == 1
+            else f"give a 4D NIfTI (x, y, z, {n}) with the sequences {', '.join(available)} in this order"
+        )
+        return {
+            "channels": [int(c) for c in md.get("channels") or range(n)],
+            "expect_channels": n,
+            "sequences_wanted": wanted,
+            "sequences_fix": fix,
+        }
 
     def predict(self, path: str | os.PathLike[str]) -> VolumePrediction:
         """Same as :func:`predict_volume` (the batch report calls it)."""
@@ -237,7 +267,8 @@ class VolumePrediction:
     ``boxes``: dicts with ``world_mm`` (RAS ``[x0, y0, z0, x1, y1, z1]``), ``voxel`` (the same box in
     ``image``'s grid, ``[min, max)``), ``size_mm``, ``score``, ``slice`` (axial index into
     ``image[:, :, k]``) and ``above_threshold``. ``image`` is the preprocessed volume ``(X, Y, Z)``
-    (RAS, at the model's spacing) for display; ``affine`` maps its voxels to RAS mm.
+    (RAS, at the model's spacing; of a multi-sequence volume the first sequence the model uses) for display;
+    ``affine`` maps its voxels to RAS mm.
     """
 
     boxes: list[dict[str, Any]]
@@ -281,6 +312,7 @@ def predict_volume(bundle: DetectorBundle, path: str | os.PathLike[str]) -> Volu
 
     Raises:
         InputError: the path cannot be read as a 3D volume (2D image, missing spacing, ...).
+        SequenceError: the volume lacks the sequences the model expects (its channel count differs).
     """
     from medvision.errors import MedvisionError
 

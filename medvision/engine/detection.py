@@ -57,10 +57,20 @@ log = logging.getLogger(__name__)
 N_EXAMPLES = 6
 
 
-def _volume_chain(cfg: ExperimentConfig, *, train: bool) -> Any:
+def _volume_chain(cfg: ExperimentConfig, *, train: bool, sequences: Any = None) -> Any:
+    """The MONAI chain of the config; ``sequences`` (:class:`~medvision.data.detection.Sequences`) picks the
+    sequences of multi-sequence volumes when ``data.volume.channels`` names some."""
     from medvision.data.detection_transforms import detection_transforms
 
     v = cfg.data.volume
+    selection: dict[str, Any] = {}
+    if sequences is not None and sequences.channels is not None:
+        selection = {
+            "channels": sequences.channels,
+            "sequences_wanted": f"data.volume.channels asks for {', '.join(sequences.names)} "
+            f"(channels {sequences.channels} of {sequences.n_channels})",
+            "sequences_fix": "give every volume the same sequences, or change data.volume.channels",
+        }
     return detection_transforms(
         spacing=v.spacing,
         modality=v.modality,
@@ -68,6 +78,8 @@ def _volume_chain(cfg: ExperimentConfig, *, train: bool) -> Any:
         mr_percentiles=v.mr_percentiles,
         train=train,
         augment={"enabled": v.augment},
+        irregular=v.irregular,
+        **selection,
     )
 
 
@@ -165,7 +177,7 @@ def train_detection(
         tags: more tags for a new run.
     """
     from medvision.data import assign_splits, split_summary
-    from medvision.data.detection import check_volumes, load_detection_datalist
+    from medvision.data.detection import check_volumes, load_detection_datalist, resolve_sequences, sequence_names
     from medvision.data.slices import epoch_slices
     from medvision.data.transforms import MedvisionCompose
     from medvision.models.detector import create_detector
@@ -202,11 +214,19 @@ def train_detection(
             log.warning("skipped %s: %s", name, reason)
         if not items:
             raise DataError(str(cfg.data.path), "no usable volume left", "fix the volumes listed above")
+        sequences = resolve_sequences(items, cfg.data.volume.channels, sequence_names(cfg.data.format, cfg.data.path))
+        if sequences.n_channels > 1 or sequences.channels is not None:
+            log.info(
+                "sequences: %s of %d (%s)",
+                ", ".join(sequences.names),
+                sequences.n_channels,
+                ", ".join(sequences.available),
+            )
         splits = assign_splits(
             items, by=cfg.data.split.by, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed
         )
-        chain = _volume_chain(cfg, train=False)
-        train_chain = _volume_chain(cfg, train=True)
+        chain = _volume_chain(cfg, train=False, sequences=sequences)
+        train_chain = _volume_chain(cfg, train=True, sequences=sequences)
         augment = MedvisionCompose(train_chain.transforms[len(chain.transforms) :], log_stats=False)
         prepared: dict[str, list[dict[str, Any]]] = {}
         for name in ("train", "val", "test"):
@@ -229,7 +249,7 @@ def train_detection(
             from medvision.models import get_spec
 
             spec = get_spec(cfg.model.backbone)
-            n = 2 * cfg.model.context + 1
+            n = sequences.count * (2 * cfg.model.context + 1)
             mean = [float(np.mean(spec.mean))] * n
             std = [float(np.mean(spec.std))] * n
         model = create_detector(
@@ -237,6 +257,7 @@ def train_detection(
             weights=cfg.model.weights,
             allow_random_fallback=cfg.model.allow_random_fallback,
             context=cfg.model.context,
+            sequences=sequences.count,
             fpn_channels=cfg.model.fpn_channels,
             anchor_sizes=cfg.model.anchor_sizes,
             min_level=cfg.model.min_level,
@@ -295,6 +316,7 @@ def train_detection(
                     environment={
                         "splits": summary,
                         "slice_shape": list(slice_shape),
+                        "sequences": sequences.names,
                         "skipped_volumes": [reason for _, reason in skipped],
                     },
                     config_path=config_path,
@@ -429,6 +451,7 @@ def train_detection(
                 merge=merge,
                 slice_shape=slice_shape,
                 val_preds=best_val_preds,
+                sequences=sequences,
             )
             return result
     finally:
@@ -563,6 +586,7 @@ def _finish(
     merge: dict[str, Any],
     slice_shape: tuple[int, int],
     val_preds: list[dict[str, Any]] | None = None,
+    sequences: Any = None,
 ) -> None:
     """Evaluate the best checkpoint on test, write the evidence, log and register the detector."""
     from medvision.metrics import scalar_metrics
@@ -624,6 +648,13 @@ def _finish(
         "task": "detection",
         "backbone": cfg.model.backbone,
         "context": cfg.model.context,
+        # The sequences the model expects: volumes with `volume_channels` channels (`volume_sequences`), of which
+        # `channels` (in this order) are stacked; `predict` and `report` refuse a volume without them.
+        "sequences": list(sequences.names) if sequences is not None else ["0"],
+        "n_sequences": sequences.count if sequences is not None else 1,
+        "channels": list(sequences.channels or range(sequences.n_channels)) if sequences is not None else [0],
+        "volume_channels": sequences.n_channels if sequences is not None else 1,
+        "volume_sequences": list(sequences.available) if sequences is not None else ["0"],
         "spacing": list(v.spacing),
         "modality": v.modality,
         "ct_window": list(v.ct_window),

@@ -2,7 +2,10 @@
 
 A CT or MR volume is read slice by slice along its axial (RAS ``z``) axis. Slice ``k`` and its
 ``context`` neighbours on each side become the input channels (``2 * context + 1``; three by default, so
-that the RGB filters of an ImageNet-pretrained first convolution apply as they are). The backbone is a
+that the RGB filters of an ImageNet-pretrained first convolution apply as they are). A multi-sequence volume
+(MSD Task01 / BraTS: FLAIR, T1w, t1gd, T2w) gives those slices of every sequence, ``sequences * (2 * context
++ 1)`` channels, sequence-major (:mod:`medvision.data.slices`); the ImageNet first convolution is then adapted
+as the classifier adapts it (:func:`medvision.models.weights.adapt_input_conv`). The backbone is a
 ResNet from the shared registry (:mod:`medvision.models.registry`, weights through torchvision's weights
 API and the torch hub cache, source logged), three of its stages feed torchvision's feature pyramid
 (``BackboneWithFPN``), and torchvision's ``RetinaNet`` (focal loss, anchor matching, box coder, 2D NMS)
@@ -78,8 +81,13 @@ class SliceDetector(nn.Module):
 
     @property
     def in_channels(self) -> int:
-        """Slices per input stack (``2 * context + 1``)."""
-        return 2 * int(self.architecture["context"]) + 1
+        """Channels per input stack (``sequences * (2 * context + 1)``)."""
+        return self.sequences * (2 * int(self.architecture["context"]) + 1)
+
+    @property
+    def sequences(self) -> int:
+        """MR sequences (volume channels) per input stack; 1 for a single-sequence volume."""
+        return int(self.architecture.get("sequences", 1))
 
     @property
     def context(self) -> int:
@@ -156,6 +164,7 @@ def create_detector(
     weights: str = "imagenet",
     allow_random_fallback: bool = False,
     context: int = 1,
+    sequences: int = 1,
     fpn_channels: int = 128,
     anchor_sizes: Sequence[float] = (8, 16, 32, 64),
     min_level: int = 3,
@@ -176,7 +185,9 @@ def create_detector(
             (``imagenet``, ``none``, a checkpoint file, an MLflow URI of a classifier).
         allow_random_fallback: start from a random initialisation when ImageNet weights are not
             available (logged as ``random-init (...)``, never passed off as ImageNet).
-        context: neighbouring slices on each side (input channels ``2 * context + 1``).
+        context: neighbouring slices on each side (input channels ``2 * context + 1`` per sequence).
+        sequences: MR sequences (channels of the volume) stacked per input, sequence-major; the input has
+            ``sequences * (2 * context + 1)`` channels and the ImageNet first convolution is adapted to them.
         fpn_channels: channels of the feature pyramid and the RetinaNet head.
         anchor_sizes: base anchor size in network-input pixels, one per pyramid level (finest first).
         min_level: the finest pyramid level: 3 (``layer2``-``layer4``, strides 8-64) or 2 (``layer1``-``layer3``,
@@ -203,13 +214,17 @@ def create_detector(
         )
     if not (isinstance(context, int) and 0 <= context <= 4):
         raise ConfigError("model.context", f"must be an integer 0..4, got {context!r}", "use 1 (three slices)")
+    if isinstance(sequences, bool) or not isinstance(sequences, int) or not 1 <= sequences <= 16:
+        raise ConfigError(
+            "data.volume.channels", f"1 to 16 sequences per input, got {sequences!r}", "name fewer sequences"
+        )
     if min_level not in _STAGES:
         raise ConfigError("model.min_level", f"must be 2 or 3, got {min_level!r}", "use 3 (P3-P6) or 2 (P2-P5)")
     if not (0.25 <= float(upsample) <= 4.0):
         raise ConfigError("model.upsample", f"must be in [0.25, 4], got {upsample!r}", "use 1.0")
     if len(slice_shape) != 2 or min(int(s) for s in slice_shape) < 8:
         raise ConfigError("slice_shape", f"must be (H, W) >= 8, got {slice_shape!r}", None)
-    channels = 2 * context + 1
+    channels = int(sequences) * (2 * context + 1)
     classifier = create_model(
         backbone,
         weights=weights,
@@ -225,7 +240,7 @@ def create_detector(
     mean = [0.0] * channels if image_mean is None else [float(v) for v in image_mean]
     std = [1.0] * channels if image_std is None else [float(v) for v in image_std]
     if len(mean) != channels or len(std) != channels:
-        raise ConfigError("model.image_mean", f"needs {channels} values (one per input slice)", None)
+        raise ConfigError("model.image_mean", f"needs {channels} values (one per input channel)", None)
     h, w = (int(s) for s in slice_shape)
     anchors = _anchor_generator(anchor_sizes, int(min_level))
     # torchvision's RetinaNet v2 recipe: GroupNorm in the head and a GIoU box loss (faster, steadier training
@@ -256,6 +271,7 @@ def create_detector(
         "class": DETECTOR_CLASS,
         "backbone": backbone,
         "context": int(context),
+        "sequences": int(sequences),
         "fpn_channels": int(fpn_channels),
         "anchor_sizes": [float(s) for s in anchor_sizes],
         "min_level": int(min_level),
@@ -268,5 +284,11 @@ def create_detector(
         "detections_per_img": int(detections_per_img),
     }
     model = SliceDetector(retinanet, architecture, classifier.weights_source)
-    logger.info("Created a 2.5D RetinaNet on %s (%d slices), weights: %s", backbone, channels, model.weights_source)
+    logger.info(
+        "Created a 2.5D RetinaNet on %s (%d sequence(s) x %d slices), weights: %s",
+        backbone,
+        sequences,
+        2 * context + 1,
+        model.weights_source,
+    )
     return model

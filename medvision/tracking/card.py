@@ -448,9 +448,28 @@ def render_detector_card(info: Mapping[str, Any]) -> str:
     title = f"# Model card: {_text(name)}" + (f" v{_text(version)}" if not _missing(version) else "")
     weights_source = _first(info.get("weights_source"), meta.get("weights_source"))
     model = _model_section(info, meta)
+    slices = 2 * int(meta.get("context", 1)) + 1
+    names = [str(v) for v in meta.get("sequences") or []]
+    n_volume = meta.get("volume_channels")
+    if len(names) > 1:
+        sequences = (
+            f"; {len(names)} MR sequences ({', '.join(names)}), each with its {_text(slices)} slices, "
+            f"{len(names) * slices} channels in all"
+        )
+    elif names:
+        sequences = f"; sequence {names[0]}"
+    else:
+        sequences = ""
+    if names and isinstance(n_volume, int) and n_volume != len(names):
+        sequences += f" (of the volume's {n_volume}: {', '.join(str(v) for v in meta.get('volume_sequences') or [])})"
     model += [
-        f"- **Input:** {_text(2 * int(meta.get('context', 1)) + 1)} adjacent axial slices at"
-        f" {_text(meta.get('spacing'))} mm, {_text(meta.get('modality'))} normalisation",
+        f"- **Input:** {_text(slices)} adjacent axial slices at"
+        f" {_text(meta.get('spacing'))} mm, {_text(meta.get('modality'))} normalisation{sequences}",
+        *(
+            [f"- **Sequences expected:** {n_volume} per volume; a volume with another number is refused"]
+            if isinstance(n_volume, int)
+            else []
+        ),
         "- **Architecture:** 2.5D RetinaNet (torchvision) on a ResNet feature pyramid; slice boxes merged into 3D"
         + _pyramid(meta.get("medvision_architecture")),
     ]

@@ -227,3 +227,38 @@ def test_train_chain_has_the_box_augmentations() -> None:
     assert names.count("RandFlipBoxd") == 3 and "RandRotateBox90d" in names and "RandZoomBoxd" in names
     names = [type(t).__name__ for t in detection_transforms(train=True, augment={"enabled": False}).transforms]
     assert not any(n.startswith("Rand") for n in names)
+
+
+def test_the_sequences_asked_for_are_kept_in_order_and_a_volume_without_them_is_refused(tmp_path: Path) -> None:
+    from medvision.errors import SequenceError
+
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.normal(100 + 50 * c, 10, (20, 18, 12)) for c in range(4)], axis=-1).astype(np.float32)
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # an x flip: the boxes must follow
+    path = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    sample = {"image": str(path), "boxes": np.array([[2, 3, 4, 8, 9, 10]], np.float32), "box_labels": np.array([0])}
+    every = detection_transforms(spacing=2.0)(dict(sample))
+    assert tuple(every["image"].shape) == (4, 20, 18, 12)
+    picked = detection_transforms(spacing=2.0, channels=[2, 0])(dict(sample))
+    assert tuple(picked["image"].shape) == (2, 20, 18, 12)
+    # per-channel normalisation: a kept sequence comes out as it does among all four
+    torch.testing.assert_close(picked["image"].as_tensor(), every["image"].as_tensor()[[2, 0]])
+    np.testing.assert_allclose(picked["image"].affine, every["image"].affine)
+    torch.testing.assert_close(torch.as_tensor(picked["boxes"]), torch.as_tensor(every["boxes"]))
+    assert torch.as_tensor(every["boxes"]).tolist() == [[12.0, 3.0, 4.0, 18.0, 9.0, 10.0]]
+
+    flat = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(data[..., 0], affine), flat)
+    chain = detection_transforms(spacing=2.0, channels=[2], sequences_wanted="data.volume.channels asks for t1gd")
+    with pytest.raises(SequenceError) as info:
+        chain({**sample, "image": str(flat)})
+    assert info.value.where == str(flat)
+    assert info.value.reason == "has 1 sequence (a 3D volume); data.volume.channels asks for t1gd"
+    expect = detection_transforms(spacing=2.0, channels=[0, 1, 2, 3], expect_channels=4, sequences_wanted="x")
+    assert tuple(expect(dict(sample))["image"].shape) == (4, 20, 18, 12)
+    with pytest.raises(SequenceError, match="has 1 sequence"):
+        expect({**sample, "image": str(flat)})
+    # no selection asked for: the chain of a 3D volume is the chain it always was
+    names = [type(t).__name__ for t in detection_transforms(spacing=2.0).transforms]
+    assert "SelectSequencesd" not in names and names[:3] == ["LoadVolumed", "EnsureChannelFirstd", "EnsureTyped"]

@@ -42,3 +42,51 @@ def test_epoch_samples_every_lesion_slice_and_the_asked_share_of_foreground_nega
     assert sorted(k for k in ks if 5 <= k <= 8) == [5, 6, 7, 8]
     negatives = [k for k in ks if not 5 <= k <= 8]
     assert len(negatives) == 8 and len(set(negatives)) == 8 and all(2 <= k < 18 for k in negatives)
+
+
+def _reference_stack(vol: np.ndarray, k: int, context: int) -> np.ndarray:
+    """Sequence-major by hand: for each sequence c, its slices k - context .. k + context (clamped), as (y, x)."""
+    depth = vol.shape[3]
+    planes = [
+        vol[c, :, :, min(max(k + j, 0), depth - 1)].T for c in range(vol.shape[0]) for j in range(-context, context + 1)
+    ]
+    return np.stack(planes)
+
+
+def test_a_multi_sequence_volume_gives_every_sequence_its_neighbouring_slices_sequence_major() -> None:
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(4, 6, 5, 7)).astype(np.float32)  # (C, X, Y, Z): four sequences
+    batch = slice_stacks(vol, [0, 3, 6], context=1)
+    assert batch.shape == (3, 4 * 3, 5, 6)
+    for n, k in enumerate((0, 3, 6)):
+        np.testing.assert_array_equal(batch[n].numpy(), _reference_stack(vol, k, 1))
+    s = slice_stack(vol, 3, context=1)
+    # channel c * 3 + j is slice 3 - 1 + j of sequence c: channel 7 = sequence 2 (t1gd), slice 3
+    np.testing.assert_array_equal(s[7].numpy(), vol[2, :, :, 3].T)
+    np.testing.assert_array_equal(s[3].numpy(), vol[1, :, :, 2].T)
+    wide = slice_stack(vol, 0, context=2)
+    assert wide.shape == (20, 5, 6)
+    np.testing.assert_array_equal(wide.numpy(), _reference_stack(vol, 0, 2))
+
+
+def test_one_sequence_gives_exactly_the_stacks_of_a_3d_volume() -> None:
+    rng = np.random.default_rng(1)
+    vol3d = rng.normal(size=(6, 5, 7)).astype(np.float32)
+    for context in (0, 1, 2):
+        plain = slice_stacks(vol3d, list(range(7)), context=context)
+        channel = slice_stacks(vol3d[None], list(range(7)), context=context)
+        assert plain.shape == (7, 2 * context + 1, 5, 6) and plain.dtype == torch.float32
+        assert torch.equal(plain, channel)
+        # the stacks of before (X, Y, Z) -> (N, 2k+1, Y, X) by plain indexing
+        idx = np.clip(np.arange(7)[:, None] + np.arange(-context, context + 1)[None], 0, 6)
+        np.testing.assert_array_equal(plain.numpy(), vol3d[:, :, idx].transpose(2, 3, 1, 0))
+
+
+def test_a_slice_is_foreground_when_any_sequence_varies_on_it() -> None:
+    vol = torch.zeros(2, 4, 4, 6)
+    vol[0, :, :, 1] = torch.rand(4, 4) + 0.1
+    vol[1, :, :, 4] = torch.rand(4, 4) + 0.1  # only the second sequence shows slice 4
+    assert foreground_slices(vol).tolist() == [1, 4]
+    assert foreground_slices(vol[:1]).tolist() == [1]
+    samples = epoch_slices([(vol, torch.zeros(0, 6))], negatives_per_positive=5.0, rng=np.random.default_rng(0))
+    assert sorted(s.k for s in samples) == [1, 4]

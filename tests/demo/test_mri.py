@@ -192,3 +192,77 @@ def test_dicom_headers(mri: tuple[Path, list[dict]]) -> None:
             assert ds.BitsAllocated == 16 and ds.PixelRepresentation in (0, 1)
             assert ds.pixel_array.dtype in (np.int16, np.uint16)
             assert "RescaleSlope" in ds and "RescaleIntercept" in ds
+
+
+@pytest.fixture(scope="module")
+def mri4(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    from medvision.demo.datalists import write_mri_datalists
+    from medvision.demo.mri import SEQUENCES
+
+    root = tmp_path_factory.mktemp("mri4")
+    records = write_mri(root, seed=SEED, n_volumes=N_VOLUMES, n_dicom=1, n_sequences=4)
+    write_mri_datalists(root, records, SEED, SEQUENCES)
+    return root / "mri", records
+
+
+def _contrast(volume: np.ndarray, inside: np.ndarray) -> float:
+    """Mean inside a tumour over the mean of a shell 2-4 voxels around it."""
+    shell = ndi.binary_dilation(inside, iterations=4) & ~ndi.binary_dilation(inside, iterations=2)
+    return float(volume[inside].mean() / volume[shell].mean())
+
+
+def test_multi_sequence_volumes_are_4d_and_show_each_tumour_where_the_datalists_say(
+    mri4: tuple[Path, list[dict]],
+) -> None:
+    import json
+
+    base, records = mri4
+    names = ["FLAIR", "T1w", "t1gd", "T2w"]
+    for doc in ("dataset.json", "detection.json"):
+        meta = json.loads((base / doc).read_text())
+        assert meta["modality"] == {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+        assert meta["tensorImageSize"] == "4D"
+    detection = json.loads((base / "detection.json").read_text())["training"]
+    shown = {name: 0 for name in names}
+    for record, entry in zip(records, detection, strict=True):
+        image = nib.load(base / record["image"])
+        assert image.shape == (99, 117, 95, 4) and image.get_data_dtype() == np.int16
+        data = np.asarray(image.dataobj, dtype=np.float64)  # real values (scl_slope)
+        mask = np.asarray(nib.load(base / record["mask"]).dataobj)
+        assert [t["shown_in"] for t in entry["tumours"]] == [t.shown_in for t in record["tumours"]]
+        for tumour in record["tumours"]:
+            assert "t1gd" in tumour.shown_in and "T1w" not in tumour.shown_in
+            inside = mask == tumour.index
+            for c, name in enumerate(names):
+                ratio = _contrast(data[..., c], inside)
+                if name in tumour.shown_in:
+                    shown[name] += 1
+                    assert ratio > (1.15 if name == "t1gd" else 1.5), (record["name"], tumour.index, name, ratio)
+                else:
+                    assert ratio < 1.3, (record["name"], tumour.index, name, ratio)
+    assert shown["t1gd"] == sum(len(r["tumours"]) for r in records) == 3 and shown["T1w"] == 0
+
+
+def test_the_t1gd_sequence_is_the_single_sequence_volume_and_the_dicom_series_holds_it(
+    mri: tuple[Path, list[dict]], mri4: tuple[Path, list[dict]]
+) -> None:
+    from medvision.demo.mri import synth_brain
+
+    base1, records1 = mri
+    base4, records4 = mri4
+    for r1, r4 in zip(records1, records4, strict=True):
+        assert [t.box_voxel for t in r1["tumours"]] == [t.box_voxel for t in r4["tumours"]]
+        one = np.asarray(nib.load(base1 / r1["image"]).dataobj, dtype=np.float64)
+        t1gd = np.asarray(nib.load(base4 / r4["image"]).dataobj, dtype=np.float64)[..., 2]
+        slope = max(nib.load(base1 / r1["image"]).dataobj.slope, nib.load(base4 / r4["image"]).dataobj.slope)
+        assert np.abs(one - t1gd).max() <= slope / 2 + 1e-9  # the same signal, quantised with its own slope
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(base1 / r1["mask"]).dataobj), np.asarray(nib.load(base4 / r4["mask"]).dataobj)
+        )
+    case = synth_brain(SEED, 1, 4)
+    frame = dicom_frame(case.affine, case.stored.shape)
+    np.testing.assert_array_equal(case.stored, case.sequences[..., 2])
+    for ds in _series(base4 / records4[0]["dicom"])[::20]:
+        position = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        k = int(np.argmin([np.abs(frame.position(i) - position).max() for i in range(case.stored.shape[2])]))
+        np.testing.assert_array_equal(ds.pixel_array.astype(np.int64), frame.slice_pixels(case.stored, k))

@@ -96,3 +96,33 @@ def test_more_context_slices_widen_the_first_convolution() -> None:
     model = create_detector("resnet18", weights="none", context=2, slice_shape=(32, 32))
     assert model.in_channels == 5
     assert model.retinanet.backbone.body.conv1.in_channels == 5
+
+
+def test_several_sequences_stack_their_slices_and_adapt_the_imagenet_first_convolution(tmp_path, monkeypatch) -> None:
+    from medvision.models import get_spec
+    from medvision.models.weights import adapt_input_conv
+    from tests.models.test_classifier import place_imagenet_file
+
+    monkeypatch.setenv("MEDVISION_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = get_spec("resnet18")
+    imagenet = place_imagenet_file(spec, tmp_path / "torch" / "hub" / "checkpoints")
+    model = create_detector("resnet18", weights="imagenet", context=1, sequences=4, slice_shape=(32, 32))
+    assert model.in_channels == 12 and model.sequences == 4
+    assert model.architecture["sequences"] == 4 and model.weights_source.startswith("imagenet")
+    conv = model.retinanet.backbone.body.conv1.weight.detach()
+    assert conv.shape == (64, 12, 7, 7)
+    torch.testing.assert_close(conv, adapt_input_conv(imagenet["conv1.weight"], 12))
+    # one sequence, three slices: the RGB kernel as it is, as before
+    single = create_detector("resnet18", weights="imagenet", context=1, slice_shape=(32, 32))
+    assert single.in_channels == 3 and single.sequences == 1
+    torch.testing.assert_close(single.retinanet.backbone.body.conv1.weight.detach(), imagenet["conv1.weight"])
+    # the architecture rebuilds the network, and it runs on 12-channel stacks
+    kwargs = {k: v for k, v in model.architecture.items() if k not in ("class", "backbone")}
+    twin = create_detector("resnet18", weights="none", **kwargs)
+    twin.load_state_dict(model.state_dict(), strict=True)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 12, 32, 32)).shape[:2] == (2, 20)
+    with pytest.raises(ConfigError, match="data.volume.channels"):
+        create_detector("resnet18", weights="none", sequences=0)

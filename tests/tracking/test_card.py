@@ -163,3 +163,27 @@ def test_evaluate_binary_output_renders() -> None:
     assert f"{result['operating_point']['threshold']:.4f}" in card
     assert f"{result['temperature']:.4f}" in card
     assert "| sex | F |" in card and "| sex | M |" in card
+
+
+def test_the_detector_card_names_the_sequences_the_model_expects() -> None:
+    from medvision.tracking.card import render_detector_card
+
+    base = {"context": 1, "spacing": [2.0, 2.0, 2.0], "modality": "MR"}
+    four = {
+        **base,
+        "sequences": ["FLAIR", "T1w", "t1gd", "T2w"],
+        "volume_channels": 4,
+        "volume_sequences": ["FLAIR", "T1w", "t1gd", "T2w"],
+    }
+    card = render_detector_card({"name": "tumor-detector", "metadata": four})
+    assert (
+        "- **Input:** 3 adjacent axial slices at 2.000, 2.000, 2.000 mm, MR normalisation; 4 MR sequences (FLAIR, T1w, "
+        "t1gd, T2w), each with its 3 slices, 12 channels in all\n" in card
+    )
+    assert "- **Sequences expected:** 4 per volume; a volume with another number is refused" in card
+    first = {**four, "sequences": ["FLAIR"]}
+    card = render_detector_card({"name": "tumor-detector", "metadata": first})
+    assert "MR normalisation; sequence FLAIR (of the volume's 4: FLAIR, T1w, t1gd, T2w)\n" in card
+    old = render_detector_card({"name": "tumor-detector", "metadata": base})  # registered before sequences
+    assert "- **Input:** 3 adjacent axial slices at 2.000, 2.000, 2.000 mm, MR normalisation\n" in old
+    assert "Sequences expected" not in old
