@@ -224,21 +224,21 @@ def _nifti_header(path: Path, max_voxels: int) -> VolumeHeader:
     return VolumeHeader(str(path), KIND_NIFTI, spatial, channels, affine)
 
 
-def _dicom_header(path: Path, max_voxels: int) -> VolumeHeader:
+def _dicom_header(path: Path, max_voxels: int, irregular: str = "refuse") -> VolumeHeader:
     # The private helpers build the affine exactly as DicomReader.get_data does, from headers only.
     from medvision.io import DicomReader
     from medvision.io.dicom import _lps_affine, _orientation, pixel_spacing
 
-    reader = DicomReader(max_voxels=max_voxels)
+    reader = DicomReader(max_voxels=max_voxels, irregular=irregular)
     img = reader.read(str(path))
     first = img.datasets[0]
     if img.kind == KIND_DICOM_SERIES:
         spacing_rc = pixel_spacing(first) or (0.0, 0.0)
-        positions = img.positions
-        step = (positions[-1] - positions[0]) / (len(positions) - 1)
-        affine = _lps_affine(_orientation(first), positions[0], spacing_rc, step)
+        # The checked geometry: its regular step and slice count (more slices than files when resampled).
+        geometry = img.geometry
+        affine = _lps_affine(_orientation(first), geometry.origin, spacing_rc, geometry.step)
         affine[:2] *= -1  # LPS -> RAS, as the reader does
-        shape = (int(first.Columns), int(first.Rows), len(img.datasets))
+        shape = (int(first.Columns), int(first.Rows), int(geometry.n_out))
         return VolumeHeader(str(path), img.kind, shape, 1, affine)
     frames = int(first.get("NumberOfFrames", 1) or 1)
     samples = int(first.get("SamplesPerPixel", 1) or 1)
@@ -256,7 +256,9 @@ def _dicom_header(path: Path, max_voxels: int) -> VolumeHeader:
     return VolumeHeader(str(path), img.kind, shape, samples, affine)
 
 
-def read_volume_header(path: PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> VolumeHeader:
+def read_volume_header(
+    path: PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS, irregular: str = "refuse"
+) -> VolumeHeader:
     """Shape and affine of a NIfTI file or a DICOM series (or file) from its header(s) only.
 
     Raises:
@@ -273,7 +275,7 @@ def read_volume_header(path: PathLike, *, max_voxels: int = DEFAULT_MAX_VOXELS) 
         raise InputError(path, "file not found", "check the path in the datalist")
     if path.is_file() and _is_nifti(path):
         return _nifti_header(path, max_voxels)
-    return _dicom_header(path, max_voxels)
+    return _dicom_header(path, max_voxels, irregular)
 
 
 def volume_problems(header: VolumeHeader) -> list[str]:
@@ -830,7 +832,11 @@ def load_detection_datalist(fmt: str, path: PathLike, **options: Any) -> list[di
 
 
 def check_volumes(
-    items: Sequence[dict[str, Any]], *, skip_bad: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS
+    items: Sequence[dict[str, Any]],
+    *,
+    skip_bad: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    irregular: str = "refuse",
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Check every volume from its header(s) before training, and report all problems together.
 
@@ -844,6 +850,8 @@ def check_volumes(
         items: detection items (:func:`load_detection_datalist`).
         skip_bad: drop the bad items and go on instead of raising.
         max_voxels: size guard of the header reads.
+        irregular: ``"resample"`` accepts DICOM series with gaps or uneven steps (the reader resamples them,
+            ``data.volume.irregular``); ``"refuse"`` lists them as problems.
 
     Returns:
         ``(good items (copies, with ``n_channels``: the image's channel / sequence count), [(item, reason),
@@ -862,7 +870,7 @@ def check_volumes(
     problems: list[tuple[str, str]] = []
     for item in items:
         name = f"{item.get('source') or '?'} ({item.get(IMAGE, '?')})"
-        reasons, header = _item_problems(item, max_voxels)
+        reasons, header = _item_problems(item, max_voxels, irregular)
         if reasons:
             problems.append((name, "; ".join(reasons)))
         else:
@@ -879,12 +887,14 @@ def check_volumes(
     return kept, problems
 
 
-def _item_problems(item: dict[str, Any], max_voxels: int) -> tuple[list[str], VolumeHeader | None]:
+def _item_problems(
+    item: dict[str, Any], max_voxels: int, irregular: str = "refuse"
+) -> tuple[list[str], VolumeHeader | None]:
     """The item's problems, and the image header when it could be read."""
     if item.get(PROBLEM):
         return [str(item[PROBLEM])], None
     try:
-        header = read_volume_header(item[IMAGE], max_voxels=max_voxels)
+        header = read_volume_header(item[IMAGE], max_voxels=max_voxels, irregular=irregular)
     except InputError as exc:
         return [f"image: {exc.reason}" + (f"; {exc.fix}" if exc.fix else "")], None
     return _volume_item_problems(item, header, max_voxels), header

@@ -205,7 +205,9 @@ def train_detection(
         seed_everything(cfg.train.seed)
         items = load_detection_datalist(cfg.data.format, cfg.data.path, min_voxels=cfg.data.volume.min_lesion_voxels)
         try:
-            items, skipped = check_volumes(items, skip_bad=cfg.data.skip_unreadable)
+            items, skipped = check_volumes(
+                items, skip_bad=cfg.data.skip_unreadable, irregular=cfg.data.volume.irregular
+            )
         except DataError as exc:
             error = DataError(exc.where, exc.reason, "fix or remove them, or train without them with --skip-unreadable")
             error.problems = getattr(exc, "problems", [])  # type: ignore[attr-defined]

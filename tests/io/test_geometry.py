@@ -446,3 +446,20 @@ def test_unreadable_slice_refused_not_skipped(tmp_path) -> None:
     with pytest.raises(InputError) as err:
         load(tmp_path / "s")
     assert err.value.where.endswith("s003.dcm") and "(0020,000E) SeriesInstanceUID" in err.value.reason
+
+
+def test_training_header_check_follows_the_irregular_setting(tmp_path) -> None:
+    # data.volume.irregular reaches the header check that runs before training, and the header's shape and
+    # affine are those of the volume the reader then builds.
+    from medvision.data.detection import check_volumes, read_volume_header
+
+    write_series(tmp_path / "s", [0, 2.5, 5, 10, 12.5, 15])
+    item = {"image": str(tmp_path / "s"), "boxes": [], "box_labels": [], "source": "gap"}
+    kept, problems = check_volumes([item], skip_bad=True)
+    assert not kept and "a slice is missing" in problems[0][1]
+    kept, problems = check_volumes([item], skip_bad=True, irregular="resample")
+    assert len(kept) == 1 and not problems
+    header = read_volume_header(tmp_path / "s", irregular="resample")
+    array, meta = load(tmp_path / "s", irregular="resample")
+    assert header.shape == array.shape == (20, 16, 7)
+    np.testing.assert_allclose(header.affine, np.asarray(meta["affine"]), atol=1e-9)

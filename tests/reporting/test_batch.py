@@ -72,7 +72,7 @@ def test_mixed_folder_report_end_to_end(mixed: MixedFolder, registered_classifie
     # Failures and not-applicable studies: listed with the file and the reason.
     failed = {r["source"]: r["reason"] for r in rows if r["status"] == "failed"}
     assert set(failed) == {rel(mixed.header_cut), rel(mixed.empty), rel(mixed.text), rel(mixed.pixels_cut)}
-    assert failed[rel(mixed.pixels_cut)].startswith(f"{rel(mixed.pixels_cut)}: pixel data")
+    assert failed[rel(mixed.pixels_cut)].startswith(f"{rel(mixed.pixels_cut)}: (7FE0,0010) PixelData is truncated")
     assert failed[rel(mixed.text)].startswith("notes.txt: not a DICOM file")
     assert {r["source"] for r in rows if r["status"] == "not_applicable"} == {
         rel(mixed.mask),
@@ -330,7 +330,7 @@ def test_a_radiograph_series_of_two_images_is_one_study_and_a_bad_image_is_liste
     assert row["reason"] == "1 of 3 images could not be read (listed apart)"
     # The unreadable image is a failure row of its own (the "could not be processed" section).
     assert failed["status"] == "failed" and failed["source"] == "series/IM3.dcm"
-    assert failed["reason"].startswith("series/IM3.dcm: pixel data")
+    assert failed["reason"].startswith("series/IM3.dcm: (7FE0,0010) PixelData is truncated")
     assert failed["study_uid"] == row["study_uid"] == study and failed["study_key"] == row["study_key"] + "-img3"
     doc = hd.sr.srread(out / row["sr_path"])
     groups = doc.content.get_image_measurement_groups()
