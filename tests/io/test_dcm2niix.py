@@ -22,8 +22,8 @@ import pytest
 from medvision.demo.mri import write_mri
 from medvision.errors import GeometryError
 from medvision.io import load
-from tests.conftest import pydicom_file
-from tests.io.test_geometry import write_enhanced, write_series
+from tests.conftest import pydicom_file, write_enhanced
+from tests.io.test_geometry import write_series
 
 DCM2NIIX = shutil.which("dcm2niix")
 pytestmark = pytest.mark.skipif(

@@ -11,7 +11,7 @@ from pydicom.pixels import apply_modality_lut
 
 from medvision.errors import InputError, SeriesSelectionError, SizeLimitError, UnsupportedFormatError
 from medvision.io import DicomReader, load
-from tests.conftest import pydicom_file, write_dicom
+from tests.conftest import pydicom_file, write_dicom, write_enhanced
 
 # (file, transfer syntax family) — every compressed family the issue names, from pydicom's wheel.
 PYDICOM_FILES = [
@@ -251,42 +251,9 @@ def test_truncated_copy_of_a_good_file(tmp_path) -> None:
 
 def test_enhanced_multiframe_uses_functional_groups(tmp_path, rng) -> None:
     """Enhanced MR: geometry and rescale live in the functional groups; frames stored in reverse order."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     frames = rng.integers(0, 1000, size=(4, 12, 10)).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "MR"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 12, 10, 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    shared = Dataset()
-    shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    shared.PixelMeasuresSequence = Sequence([Dataset()])
-    shared.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.6]
-    shared.PixelMeasuresSequence[0].SliceThickness = 3
-    shared.PixelValueTransformationSequence = Sequence([Dataset()])
-    shared.PixelValueTransformationSequence[0].RescaleSlope = 2
-    shared.PixelValueTransformationSequence[0].RescaleIntercept = -5
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    per_frame = []
-    for f in range(4):  # frame f lies at z = 30 - 3 f: stored from top to bottom
-        item = Dataset()
-        item.PlanePositionSequence = Sequence([Dataset()])
-        item.PlanePositionSequence[0].ImagePositionPatient = [0, 0, 30 - 3 * f]
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-    ds.PixelData = frames.tobytes()
-    path = tmp_path / "enhanced.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    # frame f lies at z = 30 - 3 f: stored from top to bottom
+    path = write_enhanced(tmp_path / "enhanced.dcm", frames, [30.0, 27.0, 24.0, 21.0], slope=2.0, intercept=-5.0)
 
     array, meta_out = load(path)
     assert array.shape == (10, 12, 4)

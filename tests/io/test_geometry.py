@@ -16,7 +16,7 @@ from monai.transforms import LoadImage
 from medvision.errors import GeometryError, HeaderError, InputError
 from medvision.io import DicomReader, load
 from medvision.io.geometry import check_stack, resample_stack, tolerance
-from tests.conftest import pydicom_file, write_dicom
+from tests.conftest import pydicom_file, write_dicom, write_enhanced
 
 IOP = np.array([1.0, 0, 0, 0, 1, 0])
 
@@ -49,46 +49,6 @@ def write_series(
             tweak(k, ds)
             ds.save_as(path)
     return stored
-
-
-def write_enhanced(path: Path, frames: np.ndarray, zs: list[float], *, slope: float = 1.0) -> Path:
-    """An Enhanced MR Image file: frame f at z = zs[f], geometry in the functional groups."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "MR"
-    ds.PatientID, ds.PatientName = "TEST0001", "Test^Geometry"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = frames.shape[1], frames.shape[2], frames.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    shared = Dataset()
-    shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    shared.PixelMeasuresSequence = Sequence([Dataset()])
-    shared.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.6]
-    shared.PixelMeasuresSequence[0].SliceThickness = 3
-    shared.PixelValueTransformationSequence = Sequence([Dataset()])
-    shared.PixelValueTransformationSequence[0].RescaleSlope = slope
-    shared.PixelValueTransformationSequence[0].RescaleIntercept = 0
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    per_frame = []
-    for z in zs:
-        item = Dataset()
-        item.PlanePositionSequence = Sequence([Dataset()])
-        item.PlanePositionSequence[0].ImagePositionPatient = [-5, 7, z]
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-    ds.PixelData = frames.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _refused(path: Path, **options) -> GeometryError:
