@@ -13,7 +13,7 @@ MLFLOW_DIR ?= mlflow-server
 # (braces keep pip's own exit status under pipefail: grep finding nothing to print is not a failure)
 PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install demo demo-data test test-slow lint bench bench-io bench-train clean mlflow-server system-deps fuzz
+.PHONY: install demo demo-data test test-slow lint bench bench-io bench-deid bench-train clean mlflow-server system-deps fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,9 @@ fuzz: install
 
 bench-io: install
 	$(BIN)/python benchmarks/bench_io.py
+
+bench-deid: install
+	$(BIN)/python benchmarks/bench_deid.py
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py

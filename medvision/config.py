@@ -325,3 +325,59 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 def to_yaml(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML (saved with every run)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+class DeidentifyConfig(_Strict):
+    """``deidentify:`` of a report config: DICOM PS3.15 Basic Profile and its options
+    (:mod:`medvision.reporting.deid`)."""
+
+    enabled: bool = False
+    retain_dates: bool = Field(True, description="Retain Longitudinal Temporal Information with Modified Dates.")
+    clean_descriptors: bool = Field(False, description="Keep descriptions and comments, cleaned of identifiers.")
+    retain_device_identity: bool = Field(False, description="Keep station names, serial numbers and device ids.")
+
+
+class ReportConfig(_Strict):
+    """A ``medvision report --config`` file; each command-line option given overrides its key."""
+
+    classifier: str | None = None
+    detector: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(8, ge=1)
+    image_format: Literal["png", "jpeg"] = "png"
+    secondary_capture: bool = False
+    tracking_uri: str | None = None
+    deidentify: DeidentifyConfig = Field(default_factory=DeidentifyConfig)
+
+
+def load_report_config(path: str | Path) -> ReportConfig:
+    """Read a report config (YAML); errors name the file, the key and what is allowed.
+
+    Raises:
+        ConfigError: a missing file, bad YAML, an unknown key or a bad value.
+    """
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            path, "report config not found", "pass a YAML file such as configs/report_deidentified.yaml"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"not valid YAML ({' '.join(str(exc).split())})", "fix the YAML syntax") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(path, "the report config must be a YAML mapping", "see configs/report_deidentified.yaml")
+    try:
+        return ReportConfig.model_validate(tree)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            key, reason = _format_error(err)
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed_keys(ReportConfig, tuple(err["loc"]))
+                reason += f" (allowed here: {allowed})" if allowed else ""
+            parts.append(f"{key}: {reason}")
+        raise ConfigError(path, "; ".join(parts), "fix the key or value in the YAML") from None

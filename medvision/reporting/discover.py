@@ -94,6 +94,7 @@ class Instance:
     sop_instance_uid: str
     instance_number: int | None = None
     n_frames: int = 1
+    burned_in: str | None = None  # BurnedInAnnotation (YES/NO), None when absent
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Study:
         source: path relative to the input folder: the file, or the folder holding the series' files.
         paths: every file of the unit, sorted (instance number, then path, for DICOM).
         reason: why the study is not applicable or failed (one line: file, reason, fix).
-        meta: header facts for the report (``patient_id``, ``patient_name``, ``study_date``,
+        meta: header facts for the report (``patient_id``, ``patient_name``, ``study_date``, ``study_time``,
             ``study_uid``, ``series_uid``, ``accession``, ``modality``, ``study_description``,
             ``series_description``, ``body_part``, ``frame_of_reference_uid``); empty for NIfTI and
             failures.
@@ -207,6 +208,7 @@ def _header_meta(ds: Any) -> dict[str, Any]:
         "patient_id": _text(ds, "PatientID") or None,
         "patient_name": _text(ds, "PatientName") or None,
         "study_date": _text(ds, "StudyDate") or None,
+        "study_time": _text(ds, "StudyTime") or None,
         "study_uid": _text(ds, "StudyInstanceUID") or None,
         "series_uid": _text(ds, "SeriesInstanceUID") or None,
         "accession": _text(ds, "AccessionNumber") or None,
@@ -227,7 +229,8 @@ def _instance(path: Path, ds: Any) -> Instance:
         frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
     except (TypeError, ValueError):
         frames = 1
-    return Instance(path, _text(ds, "SOPClassUID"), _text(ds, "SOPInstanceUID"), number, frames)
+    burned_in = _text(ds, "BurnedInAnnotation").upper() or None
+    return Instance(path, _text(ds, "SOPClassUID"), _text(ds, "SOPInstanceUID"), number, frames, burned_in)
 
 
 def _sop_name(uid: str) -> str:

@@ -364,6 +364,7 @@ _SUMMARY_LABELS = {
     "seconds": "Time (s)",
     "input": "Input",
     "deidentified": "Patient identifiers",
+    "not_shareable": "Pictures withheld (burned-in annotation)",
 }
 
 
@@ -378,7 +379,9 @@ def _summary_items(summary: Mapping[str, Any] | None, studies: Sequence[_Study])
     items = []
     for key, value in counted.items():
         if key == "deidentified":
-            text = "removed (de-identified report)" if value else "shown as in the source"
+            text = f"removed (de-identified: {value})" if isinstance(value, str) else (
+                "removed (de-identified report)" if value else "shown as in the source"
+            )
         elif key == "seconds":
             text = _fixed(value, 1)
         else:

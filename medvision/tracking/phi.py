@@ -202,7 +202,8 @@ class PhiGuard:
 
     def __init__(self, identifiers: Iterable[Any] = ()) -> None:
         self._identifiers: set[str] = set()
-        self._regex: re.Pattern[str] | None = None
+        self._compiled: re.Pattern[str] | None = None
+        self._stale = False
         self._longest = 0
         self.add(identifiers)
 
@@ -223,15 +224,22 @@ class PhiGuard:
                 cleaned = _clean(variant)
                 if cleaned is not None:
                     self._identifiers.add(cleaned.lower())
-        self._compile()
+        self._stale = True  # compiled on first use: adding many identifiers one by one stays linear
+
+    @property
+    def _regex(self) -> re.Pattern[str] | None:
+        if self._stale:
+            self._compile()
+        return self._compiled
 
     def _compile(self) -> None:
+        self._stale = False
         if not self._identifiers:
-            self._regex = None
+            self._compiled = None
             self._longest = 0
             return
         pattern = _trie_pattern(sorted(self._identifiers))
-        self._regex = re.compile(_BEFORE + "(?:" + pattern + ")" + _AFTER, re.IGNORECASE)
+        self._compiled = re.compile(_BEFORE + "(?:" + pattern + ")" + _AFTER, re.IGNORECASE)
         self._longest = max(len(i) for i in self._identifiers)
 
     @classmethod

@@ -75,8 +75,20 @@ def make_mixed_folder(root: Path, *, seed: int = 0) -> MixedFolder:
         pid, name, acc = f"PATIENT{seed}{n:03d}", f"Lovelace{n}^Ada{n}", f"ACCN{seed}{n:04d}"
         path = root / f"{pid}" / "ST1" / "IM0001.dcm"
         write_dicom(path, _radiograph(rng, blob=blob), modality=modality, bits_stored=12)
+        # The third radiograph does not say whether text is burned into its pixels: a de-identified report
+        # withholds its pictures.
+        burned = {"BurnedInAnnotation": "NO"} if n < 2 else {}
         ds = _annotate(
-            path, PatientID=pid, PatientName=name, AccessionNumber=acc, StudyDate="20240305", BodyPartExamined="CHEST"
+            path,
+            PatientID=pid,
+            PatientName=name,
+            AccessionNumber=acc,
+            StudyDate="20240305",
+            StudyTime="141516.171819",
+            BodyPartExamined="CHEST",
+            StudyDescription=f"CHEST PA {name.split('^')[0]}",
+            InstitutionName="St Elsewhere Infirmary",
+            **burned,
         )
         folder.radiographs.append(path)
         ids["patient_id"].append(pid)
@@ -108,6 +120,7 @@ def make_mixed_folder(root: Path, *, seed: int = 0) -> MixedFolder:
             AccessionNumber=ct_acc,
             StudyDate="20240306",
             FrameOfReferenceUID=frame,
+            BurnedInAnnotation="NO",
         )
         folder.ct_files.append(path)
         ids["uid"].append(str(ds.SOPInstanceUID))

@@ -1,14 +1,36 @@
-"""Pseudonyms for a shareable report (issue 5, --deidentify): consistent, salted, valid DICOM."""
+"""De-identification for a shareable report: PS3.15 Basic Profile (Table E.1-1) through dicognito, consistent
+pseudonyms across rows and headers, options, and the stamp that says whether identity is removed."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pydicom
+import pytest
 from pydicom.uid import UID
 
-from medvision.reporting.deid import Deidentifier
+from medvision.reporting.deid import DeidOptions, Deidentifier, profile_action, profile_table
 from tests.reporting.conftest import MixedFolder
+from tests.reporting.phi_data import annex_e_header, keyword
+
+
+def _day(text: str) -> dt.date:
+    return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+
+
+def test_the_table_is_the_standards() -> None:
+    table = profile_table()
+    assert len(table) == 621  # PS3.15 Table E.1-1 rows
+    assert table["00100010"].name == "Patient's Name" and table["00100010"].actions["basic"] == "Z"
+    assert profile_action(0x00100010) == "Z"
+    assert profile_action(0x00081030) == "X"  # Study Description
+    assert profile_action(0x00081030, DeidOptions(clean_descriptors=True)) == "C"
+    assert profile_action(0x00181000) == "D"  # Device Serial Number X/Z/D: the dummy keeps every IOD valid
+    assert profile_action(0x00181000, DeidOptions(retain_device_identity=True)) == "K"
+    assert profile_action(0x00080020) == "C" and profile_action(0x00080020, DeidOptions(retain_dates=False)) == "Z"
+    assert profile_action(0x60023000) == "X"  # Overlay Data, a 60xx pattern
+    assert profile_action(0x00991001) == "X"  # private
+    assert profile_action(0x00280010) is None  # Rows: not an identifier
 
 
 def test_same_value_same_pseudonym_other_salt_other_pseudonym() -> None:
@@ -17,7 +39,8 @@ def test_same_value_same_pseudonym_other_salt_other_pseudonym() -> None:
     assert a.identifier("PAT-0001") != c.identifier("PAT-0001")
     assert a.identifier("PAT-0001") != a.identifier("PAT-0002")
     assert a.identifier("PAT-0001").startswith("ANON-") and "0001" not in a.identifier("PAT-0001")
-    assert a.name("Doe^Jane").startswith("ANON^") and a.name("Doe^Jane") == b.name("Doe^Jane")
+    assert a.name("Doe^Jane") == b.name("Doe^Jane") != c.name("Doe^Jane")
+    assert "Doe" not in a.name("Doe^Jane") and a.name("Doe^Jane").count("^") >= 1
     assert a.identifier(None) is None and a.name("  ") is None
     assert Deidentifier().salt != Deidentifier().salt  # random when not given
     assert "salt-1" not in repr(a)
@@ -30,16 +53,18 @@ def test_uids_are_valid_and_consistent() -> None:
     assert d.uid("1.2.826.0.1.3680043.8.498.1") == uid != d.uid("1.2.826.0.1.3680043.8.498.2")
 
 
-def test_dates_shift_by_one_offset_keeping_intervals() -> None:
+def test_dates_and_times_shift_by_one_offset_keeping_intervals() -> None:
     d = Deidentifier("s")
-    first, second = d.date("20240305"), d.date("20240306")
+    first, second = d.date("20240305", "120000"), d.date("20240306", "120000")
     assert first != "20240305"
-    day = lambda text: dt.datetime.strptime(text, "%Y%m%d").date()  # noqa: E731
-    assert (day(second) - day(first)).days == 1  # intervals kept
-    assert (day("20240305") - day(first)).days == d.date_shift_days
+    assert (_day(second) - _day(first)).days == 1  # intervals kept
     assert 30 <= d.date_shift_days <= 3000
-    assert d.date("20240305123000.5")[8:] == "123000.5"  # a DT keeps its time
+    moved = dt.datetime(2024, 3, 5, 12) + dt.timedelta(hours=d.offset_hours)
+    assert first == moved.strftime("%Y%m%d")
+    shifted = d.date("20240305123000.5")  # a DT moves with its time
+    assert shifted[:10] == (dt.datetime(2024, 3, 5, 12) + dt.timedelta(hours=d.offset_hours)).strftime("%Y%m%d%H")
     assert d.date("not a date") is None
+    assert Deidentifier("s", DeidOptions(retain_dates=False)).date("20240305") is None
 
 
 def test_paths_and_keys_lose_their_identifying_parts() -> None:
@@ -59,6 +84,7 @@ def test_row_copy_has_no_identifier_and_reason_paths_are_replaced() -> None:
         "study_uid": "1.2.3.4.5.6",
         "accession": "ACCN0001",
         "study_date": "20240305",
+        "study_description": "CHEST PA Lovelace",
         "source": "PATIENT0001/ST1/IM0001.dcm",
         "reason": "PATIENT0001/ST1/IM0001.dcm: pixel data is truncated; Ada Lovelace 1.2.3.4.5.6",
     }
@@ -69,12 +95,16 @@ def test_row_copy_has_no_identifier_and_reason_paths_are_replaced() -> None:
         assert value not in text, value
     assert out["reason"].startswith(out["source"] + ": pixel data is truncated")
     assert out["patient_id"] == d.identifier("PATIENT0001") and out["study_uid"] == d.uid("1.2.3.4.5.6")
+    assert out["study_description"] is None  # removed (X) without Clean Descriptors
+    cleaned = Deidentifier("s", DeidOptions(clean_descriptors=True)).row(row)
+    assert cleaned["study_description"].startswith("CHEST PA") and "Lovelace" not in cleaned["study_description"]
 
 
-def test_dataset_copy_replaces_names_ids_dates_and_uids(mixed: MixedFolder) -> None:
+def test_rows_and_headers_agree(mixed: MixedFolder) -> None:
+    """The row of a study and the de-identified header of its images (the SR is built from it) carry the same
+    pseudonyms, whatever the patient's sex (dicognito would otherwise pick names by sex)."""
     ds = pydicom.dcmread(mixed.ct_files[0], stop_before_pixels=True)
-    ds.InstitutionName = "St Elsewhere"
-    ds.add_new(0x00091001, "LO", "private PATIENT")
+    ds.PatientSex = "F"
     d = Deidentifier("s")
     out = d.dataset(ds)
     assert ds.PatientName == "Hopper^Grace"  # the original is not changed
@@ -84,9 +114,86 @@ def test_dataset_copy_replaces_names_ids_dates_and_uids(mixed: MixedFolder) -> N
     assert out.SOPInstanceUID == d.uid(ds.SOPInstanceUID) == out.file_meta.MediaStorageSOPInstanceUID
     assert out.FrameOfReferenceUID == d.uid(ds.FrameOfReferenceUID)
     assert out.SOPClassUID == ds.SOPClassUID  # a class, not an identifier
-    assert out.StudyDate == d.date("20240306") and out.AccessionNumber == d.identifier(ds.AccessionNumber)
-    assert "InstitutionName" not in out and 0x00091001 not in out
-    assert out.PatientIdentityRemoved == "YES"
+    assert out.StudyDate == d.date(ds.StudyDate, ds.get("StudyTime"))
+    assert out.AccessionNumber == d.identifier(ds.AccessionNumber)
+    assert out.PatientIdentityRemoved == "NO"  # not stamped yet: the study's shareability decides
+    assert out.LongitudinalTemporalInformationModified == "MODIFIED"
+
+
+def test_two_studies_of_one_patient_link_and_keep_their_interval(mixed: MixedFolder) -> None:
+    d = Deidentifier("s")
+    one = pydicom.dcmread(mixed.ct_files[0], stop_before_pixels=True)
+    two = pydicom.dcmread(mixed.ct_files[0], stop_before_pixels=True)
+    one.StudyDate, one.StudyTime = "20240105", "083000"
+    two.StudyDate, two.StudyTime, two.StudyInstanceUID = "20240215", "083000", "1.2.826.0.1.3680043.10.543.9"
+    a, b = d.dataset(one), d.dataset(two)
+    assert a.PatientID == b.PatientID and a.PatientName == b.PatientName
+    assert a.StudyInstanceUID != b.StudyInstanceUID
+    assert (_day(b.StudyDate) - _day(a.StudyDate)).days == 41 and a.StudyTime == b.StudyTime != "083000"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [DeidOptions(), DeidOptions(retain_dates=False), DeidOptions(clean_descriptors=True, retain_device_identity=True)],
+    ids=["default", "dates-removed", "descriptors-device"],
+)
+def test_every_table_attribute_gets_its_action(options: DeidOptions) -> None:
+    """A header with every Table E.1-1 attribute pydicom knows: each one is removed, emptied, replaced, kept or
+    cleaned as the table and the options say; no original value of a non-K attribute is left."""
+    ds, originals = annex_e_header()
+    out = Deidentifier("s", options).dataset(ds)
+    header_values = {str(v) for v in originals.values() if isinstance(v, str) and len(str(v)) >= 6}
+    wrong = []
+    for tag, value in originals.items():
+        action = profile_action(tag, options)
+        elem = out.get(tag)
+        now = None if elem is None else elem.value
+        name = keyword(tag)
+        if action == "X":
+            ok = elem is None
+        elif action == "K" and elem is not None and elem.VR == "SQ":
+            ok = True  # kept; identifiers inside its items are still replaced (the text scan below)
+        elif action == "K":
+            ok = elem is not None and now == value
+        elif action == "U" and elem is not None and elem.VR == "SQ":
+            ok = True  # a sequence of references: its items are walked (checked by the text scan below)
+        elif action == "U":
+            ok = elem is not None and now != value and UID(str(now)).is_valid and str(now).startswith("2.25.")
+        elif action in ("Z", "D"):
+            ok = elem is not None and now != value
+            if action == "D" and elem is not None and elem.VR != "SQ":
+                ok = ok and now not in (None, "", b"")
+        else:  # C: dates shifted, descriptors kept without any identifier of the header
+            if elem is None or elem.VR == "SQ":
+                ok = elem is not None
+            elif elem.VR in ("DA", "DT", "TM"):
+                ok = now != value
+            else:
+                text = str(now)
+                ok = now != value or not any(v in text for v in header_values if v != value)
+        if not ok:
+            wrong.append(f"{name} ({action}): {value!r} -> {now!r}")
+    assert not wrong, "\n".join(wrong)
+    # private attributes, and values nested three deep
+    assert not [e for e in out.iterall() if e.tag.is_private]
     text = str(out)
-    for value in ("Hopper", "CTPATIENT", str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), "St Elsewhere"):
+    names = [str(v).split("^")[0] for v in originals.values() if isinstance(v, str) and "^Given" in v]
+    assert len(names) > 20
+    for value in ("Privatename", "PHI900PRIVATE", *names):
         assert value not in text, value
+    if not options.clean_descriptors:  # free text is removed, with every name it quotes
+        assert "Phiname" not in text
+    # the file meta moves with the dataset
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID != ds.SOPInstanceUID
+
+
+def test_stamp_records_the_profile_and_options_only_when_shareable() -> None:
+    d = Deidentifier("s", DeidOptions(clean_descriptors=True))
+    ds = pydicom.Dataset()
+    d.stamp(ds, shareable=True)
+    assert ds.PatientIdentityRemoved == "YES"
+    codes = [(c.CodeValue, c.CodingSchemeDesignator) for c in ds.DeidentificationMethodCodeSequence]
+    assert codes == [("113100", "DCM"), ("113107", "DCM"), ("113105", "DCM")]
+    assert "Basic Profile" in ds.DeidentificationMethod
+    d.stamp(ds, shareable=False)
+    assert ds.PatientIdentityRemoved == "NO" and "DeidentificationMethodCodeSequence" not in ds
