@@ -584,9 +584,11 @@ def write_dicom_series(case: MriCase, folder: Path) -> int:
         ds.PatientSex = case.sex
         ds.PatientAge = f"{case.age_years:03d}Y"
         ds.BodyPartExamined = "BRAIN"
-        ds.ScanningSequence = "GR"
+        # MPRAGE: an inversion-prepared (IR, MP) spoiled (SP) gradient echo (GR); IR in ScanningSequence is
+        # what makes InversionTime apply. ScanOptions (type 2) stays empty: IR is not one of its defined terms.
+        ds.ScanningSequence = ["GR", "IR"]
         ds.SequenceVariant = ["SP", "MP"]
-        ds.ScanOptions = "IR"
+        ds.ScanOptions = ""
         ds.MRAcquisitionType = "3D"
         ds.SliceThickness = format_ds(frame.slice_spacing)
         ds.SpacingBetweenSlices = format_ds(frame.slice_spacing)
@@ -609,6 +611,8 @@ def write_dicom_series(case: MriCase, folder: Path) -> int:
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
         ds.SliceLocation = format_ds(float(frame.position(k) @ normal))
+        ds.ImageLaterality = "U"  # the brain is an unpaired body part
+        ds.BurnedInAnnotation = "NO"
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         pixels = frame.slice_pixels(case.stored, k)

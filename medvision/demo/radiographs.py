@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -54,6 +56,9 @@ MODALITIES: tuple[tuple[str, float], ...] = (("DX", 0.6), ("CR", 0.4))
 PHOTOMETRICS: tuple[tuple[str, float], ...] = (("MONOCHROME2", 0.65), ("MONOCHROME1", 0.35))
 BITS_STORED: tuple[tuple[int, float], ...] = ((12, 0.4), (14, 0.3), (16, 0.3))
 VIEWS: tuple[tuple[str, float], ...] = (("PA", 0.65), ("AP", 0.35))
+#: Rescale (slope, intercept) pairs and how often they are drawn. Every study draws one, but only CR files
+#: carry it: the DX Image Module allows RescaleSlope 1 and RescaleIntercept 0 only, so DX studies are
+#: planned with the identity (the draw is kept so that the header draws after it do not move).
 RESCALES: tuple[tuple[tuple[float, float], float], ...] = (
     ((1.0, 0.0), 0.85),
     ((1.0, -1024.0), 0.05),
@@ -61,6 +66,8 @@ RESCALES: tuple[tuple[tuple[float, float], float], ...] = (
     ((2.0, 0.0), 0.05),
 )
 SOP_CLASSES = {"DX": str(DigitalXRayImageStorageForPresentation), "CR": str(ComputedRadiographyImageStorage)}
+#: ``ViewCodeSequence`` of a ``ViewPosition`` (CID 4010 DX View).
+VIEW_CODES = {"PA": codes.SCT.PosteroAnterior, "AP": codes.SCT.AnteroPosterior}
 
 #: Share of pneumonia studies (the mean of the per-patient risk).
 PNEUMONIA_RATE = 0.4
@@ -159,6 +166,8 @@ def plan_cxr_studies(seed: int, n_patients: int) -> list[CxrStudy]:
             syntax = str(_choice(hrng, TRANSFER_SYNTAXES))
             view = str(_choice(hrng, VIEWS))
             slope, intercept = _choice(hrng, RESCALES)  # type: ignore[misc]
+            if modality == "DX":
+                slope, intercept = 1.0, 0.0  # DX Image Module: identity only (see RESCALES)
             studies.append(
                 CxrStudy(
                     seed=seed,
@@ -423,6 +432,15 @@ def stored_pixels(study: CxrStudy, render: CxrRender) -> np.ndarray:
     return render.display
 
 
+def _code_item(code: Code) -> Dataset:
+    """One item of a code sequence (Code Sequence Macro)."""
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
 def cxr_dataset(study: CxrStudy, render: CxrRender) -> Dataset:
     """The DICOM data set of a rendered study (pixels encoded in its transfer syntax).
 
@@ -470,11 +488,19 @@ def cxr_dataset(study: CxrStudy, render: CxrRender) -> Dataset:
     ds.ImagerPixelSpacing = [format_ds(study.imager_pixel_spacing)] * 2
     ds.PixelSpacing = [format_ds(study.pixel_spacing)] * 2
     ds.EstimatedRadiographicMagnificationFactor = format_ds(study.magnification)
+    # PixelSpacing is ImagerPixelSpacing corrected by the estimated magnification (Basic Pixel Spacing
+    # Calibration Macro).
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.PixelSpacingCalibrationDescription = "Imager Pixel Spacing / estimated magnification"
     ds.ViewPosition = study.view
     ds.PatientPosition = ""
+    ds.AnatomicRegionSequence = [_code_item(codes.SCT.Chest)]
+    ds.ImageLaterality = "U"  # unpaired body part
     if study.modality == "DX":
+        ds.ViewCodeSequence = [_code_item(VIEW_CODES[study.view])]
+        ds.PositionerType = ""  # type 2, empty: unknown (a synthetic image)
+        ds.AcquisitionContextSequence = []
         ds.DetectorType = "SCINTILLATOR"
-        ds.ImageLaterality = "U"
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = 1 if study.photometric == "MONOCHROME1" else -1
     ds.StudyInstanceUID = study.study_uid
@@ -498,6 +524,9 @@ def cxr_dataset(study: CxrStudy, render: CxrRender) -> Dataset:
     ds.RescaleIntercept = format_ds(study.rescale_intercept)
     ds.RescaleSlope = format_ds(study.rescale_slope)
     ds.RescaleType = "US"
+    if study.modality == "DX":
+        # DX Image Module: IDENTITY for MONOCHROME2, INVERSE for MONOCHROME1 (the pixels are not changed).
+        ds.PresentationLUTShape = "INVERSE" if study.photometric == "MONOCHROME1" else "IDENTITY"
 
     pixels = stored_pixels(study, render)
     if study.transfer_syntax == str(ExplicitVRLittleEndian):

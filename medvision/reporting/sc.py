@@ -4,8 +4,9 @@ The picture the report shows first for a study (the Grad-CAM overlay beside the 
 slice with the detector's boxes) becomes one Secondary Capture instance (highdicom's ``SCImage``), so that a
 PACS shows it next to the images it was made from: same patient and study, a series of its own
 (:data:`SC_SERIES_NUMBER`), ``ImageType DERIVED\\SECONDARY``, ``BurnedInAnnotation YES`` (boxes, scores
-and the heat map are burned in), the model's name and version in the series description, and
-``LossyImageCompression 01`` when the picture was a JPEG. Like the SR it is an unverified AI draft.
+and the heat map are burned in), the model's name and version in the series description, the source's
+laterality (the picture shows the same body part), and ``LossyImageCompression 01`` when the picture was a
+JPEG. Like the SR it is an unverified AI draft.
 
 UIDs are derived from the source study and series and the model (the same inputs give the same UIDs, so
 a re-run replaces rather than duplicates). A picture needs the patient orientation of its rows and columns
@@ -78,6 +79,7 @@ def key_picture_sc(
         patient_orientation=orientation,
     )
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    _copy_laterality(header, sc)
     sc.BurnedInAnnotation = "YES"
     sc.SeriesDescription = f"AI draft picture: {name} v{version}"[:64]
     sc.DerivationDescription = f"{description} (model {name} v{version}, run {run_id or 'unknown'}; unverified)"[:1024]
@@ -86,6 +88,23 @@ def key_picture_sc(
     if lossy:
         sc.LossyImageCompression = "01"
     return sc
+
+
+def _copy_laterality(header: Any, sc: Any) -> None:
+    """The source's laterality on the picture (it shows the same body part).
+
+    General Series ``Laterality`` (type 2C) is needed unless ``ImageLaterality`` is given: the source's
+    ``Laterality`` (``R``, ``L``), else its ``ImageLaterality`` (``R``, ``L``, ``B``, or ``U`` for an unpaired
+    body part), else an empty ``Laterality`` (unknown).
+    """
+    laterality = str(header.get("Laterality", "") or "").strip().upper()
+    image_laterality = str(header.get("ImageLaterality", "") or "").strip().upper()
+    if laterality in ("R", "L"):
+        sc.Laterality = laterality
+    elif image_laterality in ("R", "L", "B", "U"):
+        sc.ImageLaterality = image_laterality
+    else:
+        sc.Laterality = ""
 
 
 def write_sc(sc: Any, path: str | os.PathLike[str]) -> Path:
