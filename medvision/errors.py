@@ -81,3 +81,9 @@ class WeightsError(MedvisionError):
 
 class TrackingError(MedvisionError):
     """The MLflow tracking store cannot be reached or refuses a call."""
+
+
+class ModelFormatError(TrackingError):
+    """A logged model that medvision refuses to load: the old format (pickle or ``torch.export``), a model that
+    medvision did not log, or a weights file that fails its sha256 or is not safetensors. Nothing of it is
+    unpickled."""

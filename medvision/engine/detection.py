@@ -698,7 +698,6 @@ def _finish(
                 metadata=metadata,
                 registered_name=name,
                 alias=cfg.tracking.alias,
-                serialization_format="pickle",
             ),
             f"the model (registration as {name}@{cfg.tracking.alias})",
         )

@@ -1,17 +1,23 @@
 """The model registry: log a classifier as an MLflow model, load it back, say where it came from.
 
-How a model is stored. MLflow 3.17's ``mlflow.pytorch.log_model`` serialises with
-``torch.export`` (``serialization_format="pt2"``) by default outside Databricks: a traced graph,
-safe to load (no pickle) and servable without medvision installed. Its loaded form is a
-``torch.fx.GraphModule``, not a medvision ``Classifier`` (no ``feature_layer`` for Grad-CAM, and
-``.eval()`` raises). So :func:`log_classifier` also records the architecture in the model's
-metadata (``medvision_architecture``: backbone, in_channels, num_classes, first_conv,
-drop_rate) and :func:`load_classifier` rebuilds the ``Classifier`` from it and loads the
-graph's weights into it strictly. Any other ``nn.Module`` comes back as the exported graph.
+How a model is stored. :func:`log_classifier` writes the model's state dict as one safetensors
+file in a custom MLflow flavour, ``medvision`` (see :mod:`medvision.tracking.flavor`), and records
+the architecture in the model's metadata (``medvision_architecture``: for a Classifier backbone,
+in_channels, num_classes, first_conv, drop_rate; for a SliceDetector the keyword arguments of
+``create_detector``). Loading reads nothing but that file (:func:`safetensors.torch.load_file`),
+checks it against the sha256 recorded in ``MLmodel``, rebuilds the Classifier or SliceDetector
+from the metadata and loads the weights strictly.
 
-The export runs the model in eval mode on the CPU (a copy is moved there when the model is on a
-GPU). ``torch.export`` fixes a dimension of size 1, so an input example with batch size 1 is
-repeated to batch size 2 for the export: the logged graph takes any batch size.
+Why safetensors. MLflow's pytorch flavour stored a pickle (``serialization_format="pickle"``,
+opened with ``torch.load(..., weights_only=False)``) or a ``torch.export`` graph. Opening a
+pickle runs whatever code it names, so whoever could register a model version could run code on
+every machine that loaded it; a safetensors file is tensors and a JSON header, nothing runs. The
+``torch.export`` graph was safe but came back as a ``torch.fx.GraphModule`` (no ``feature_layer``
+for Grad-CAM) and could not hold the detector, which was pickled. Registering is also faster (no
+tracing), and MLflow's warning about pickled models at registration is gone. A version in the old
+format (an ``MLmodel`` with the ``pytorch`` flavour) is refused with a
+:class:`~medvision.errors.ModelFormatError` that says to register it again, before any of its
+files is downloaded. Only a medvision Classifier or SliceDetector can be logged.
 
 Which store. These functions use MLflow's global tracking URI (set by
 :class:`~medvision.tracking.run.RunTracker`). When none is set, or ``tracking_uri`` is given,
@@ -28,16 +34,17 @@ Example:
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 import logging
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from medvision.errors import TrackingError
+from medvision.errors import ModelFormatError, TrackingError
+from medvision.tracking.flavor import ARCHITECTURE_KEY, REGISTER_AGAIN
 from medvision.tracking.store import redact_uri, resolve_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,8 +71,6 @@ logger = logging.getLogger(__name__)
 
 #: The artifact name of the model inside its run (``runs:/<run_id>/model``).
 MODEL_NAME = "model"
-#: Metadata key under which :func:`log_classifier` records how to rebuild a medvision Classifier.
-ARCHITECTURE_KEY = "medvision_architecture"
 #: Aliases :func:`resolve_model_uri` tries, in order.
 DEFAULT_ALIASES = ("champion", "candidate")
 
@@ -288,17 +293,6 @@ def _plain_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
         ) from exc
 
 
-def _default_requirements(serialization_format: str) -> list[str]:
-    # torch.__version__ carries a local build tag (e.g. "2.14.1+cu130") that the installed
-    # distribution's version ("2.14.1") does not; pinning it would make every load warn.
-    requirements = [f"torch=={importlib.metadata.version('torch')}"]
-    if serialization_format == "pickle":
-        import medvision
-
-        requirements.append(f"medvision=={medvision.__version__}")
-    return requirements
-
-
 def _wait_ready(client: MlflowClient, name: str, version: str, timeout_s: float) -> None:
     deadline = time.monotonic() + max(timeout_s, 0.0)
     while True:
@@ -332,33 +326,33 @@ def log_classifier(
     registered_name: str,
     alias: str = "candidate",
     pip_requirements: Sequence[str] | None = None,
-    serialization_format: Literal["pt2", "pickle"] = "pt2",
     phi_guard: PhiGuard | None = None,
     await_ready_s: float = 300.0,
 ) -> dict[str, Any]:
     """Log ``model`` in the active run, register it as a new version of ``registered_name``, alias it.
 
-    The model is logged as ``model`` in the run with a signature inferred from ``input_example``
-    and the model's output on it, and with ``metadata`` (plus ``medvision_architecture`` for a
-    medvision Classifier). The new version gets the alias (default ``candidate``; a reviewer
-    promotes one to ``champion``) and the tags ``run_id``, ``intended_use`` and
-    ``weights_source`` (from ``metadata``, ``"not recorded"`` when absent).
+    The model is logged as ``model`` in the run, in the ``medvision`` flavour (its weights as
+    ``model.safetensors``, see the module notes), with a signature inferred from ``input_example``
+    and the model's output on it, and with ``metadata`` plus ``medvision_architecture``. The new
+    version gets the alias (default ``candidate``; a reviewer promotes one to ``champion``) and the
+    tags ``run_id``, ``intended_use`` and ``weights_source`` (from ``metadata``, ``"not recorded"``
+    when absent).
 
     The input example is stored with the model: pass a synthetic array of the right shape
     (zeros), not a patient's image.
 
     Args:
-        model: The trained module (a medvision Classifier or any ``nn.Module`` taking one tensor).
-            It is logged in eval mode; its training mode is restored afterwards.
+        model: The trained medvision Classifier or SliceDetector (also wrapped in
+            DistributedDataParallel or ``torch.compile``). It is run once in eval mode on the
+            CPU for the signature; its training mode is restored afterwards.
         input_example: One input batch, e.g. ``np.zeros((1, 1, 224, 224), np.float32)``.
         metadata: JSON-able facts the model needs at inference time and in reports (backbone,
             in_channels, image_size, keep_aspect, mean, std, temperature, threshold,
             operating_point, intended_use, weights_source, medvision_version, task).
         registered_name: The registered model's name (``tracking.register_as``).
         alias: The alias the new version gets.
-        pip_requirements: The model's requirements; default: the installed torch (and medvision
-            for pickled models). Given explicitly so that MLflow does not infer them (slow).
-        serialization_format: ``"pt2"`` (``torch.export``, MLflow's default) or ``"pickle"``.
+        pip_requirements: The model's requirements for serving; default: the installed torch,
+            safetensors and medvision. Given explicitly so that MLflow does not infer them (slow).
         phi_guard: Refuse metadata or a name that contains a patient identifier.
         await_ready_s: How long to wait for the version to become READY.
 
@@ -367,13 +361,15 @@ def log_classifier(
         ``model_uri`` is ``models:/NAME/VERSION``, ``version`` an int.
 
     Raises:
-        TrackingError: Without an active run, on a patient identifier, or when MLflow refuses.
+        TrackingError: Without an active run, for a module that is not a medvision Classifier or
+            SliceDetector, on a patient identifier, or when MLflow refuses.
     """
     import mlflow
-    import mlflow.pytorch
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
+
+    from medvision.tracking import flavor
 
     run = mlflow.active_run()
     if run is None:
@@ -384,10 +380,16 @@ def log_classifier(
     module = _unwrap(model)
     if not isinstance(module, torch.nn.Module):
         raise TrackingError("log_classifier", f"expected a torch.nn.Module, got {type(model).__name__}", None)
-    plain = _plain_metadata(metadata)
     architecture = _architecture(module)
-    if architecture is not None:
-        plain.setdefault(ARCHITECTURE_KEY, architecture)
+    if architecture is None:
+        raise TrackingError(
+            "log_classifier",
+            f"cannot store a {type(module).__name__}: medvision stores a model's weights (safetensors) and rebuilds"
+            " its architecture from the metadata, which it can do for a medvision Classifier or SliceDetector only",
+            "build the model with medvision.models.create_model or medvision.models.detector.create_detector",
+        )
+    plain = _plain_metadata(metadata)
+    plain[ARCHITECTURE_KEY] = architecture  # what the stored weights fit, whatever the caller's metadata says
     if phi_guard is not None:
         phi_guard.check(registered_name, "tracking.register_as", what="the model name")
         phi_guard.check(json.dumps(plain, ensure_ascii=False), f"models:/{registered_name} metadata")
@@ -395,8 +397,6 @@ def log_classifier(
     example = np.asarray(input_example)
     if example.dtype.kind == "f" and example.dtype != np.float32:
         example = example.astype(np.float32)
-    if serialization_format == "pt2" and example.ndim >= 1 and example.shape[0] == 1:
-        example = np.concatenate([example, example])  # a size-1 batch would be fixed by torch.export
 
     on_cpu = all(t.device.type == "cpu" for t in [*module.parameters(), *module.buffers()])
     target = module if on_cpu else copy.deepcopy(module).cpu()
@@ -408,20 +408,19 @@ def log_classifier(
         if isinstance(output, tuple | list):
             output = output[0]
         signature = infer_signature(example, output.detach().cpu().numpy())
-        requirements = (
-            list(pip_requirements) if pip_requirements is not None else _default_requirements(serialization_format)
-        )
         with _mlflow_errors(f"models:/{registered_name}", "log and register the model"):
-            info = mlflow.pytorch.log_model(
-                target,
+            info = Model.log(
+                artifact_path=None,
                 name=MODEL_NAME,
+                flavor=flavor,
+                flavor_name=flavor.FLAVOR_NAME,
+                registered_model_name=registered_name,
+                await_registration_for=int(await_ready_s),
+                metadata=plain,
+                medvision_model=target,
                 signature=signature,
                 input_example=example,
-                metadata=plain,
-                registered_model_name=registered_name,
-                pip_requirements=requirements,
-                serialization_format=serialization_format,
-                await_registration_for=int(await_ready_s),
+                pip_requirements=pip_requirements,
             )
     finally:
         target.train(was_training)
@@ -453,21 +452,24 @@ def log_classifier(
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _rebuild(architecture: Mapping[str, Any], loaded: torch.nn.Module, uri: str) -> torch.nn.Module:
-    """A medvision Classifier (or SliceDetector) built from ``architecture`` with the weights of ``loaded``."""
+def _rebuild(architecture: Mapping[str, Any], state: Mapping[str, torch.Tensor], uri: str) -> torch.nn.Module:
+    """A medvision Classifier (or SliceDetector) built from ``architecture`` with the weights ``state``, strictly."""
     from medvision.models import create_model
     from medvision.models.detector import DETECTOR_CLASS, create_detector
     from medvision.models.weights import load_state_dict_exact
 
     if architecture.get("class") == DETECTOR_CLASS:
-        kwargs = {k: v for k, v in architecture.items() if k not in ("class", "backbone")}
-        detector = create_detector(str(architecture["backbone"]), weights="none", progress=False, **kwargs)
+        kwargs = {k: v for k, v in architecture.items() if k not in ("class", "backbone", "weights", "progress")}
+        try:
+            detector = create_detector(str(architecture["backbone"]), weights="none", progress=False, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(uri, f"its {ARCHITECTURE_KEY} cannot be rebuilt ({exc})", REGISTER_AGAIN) from exc
         load_state_dict_exact(
             detector,
-            loaded.state_dict(),
+            state,
             where=uri,
             what=f"{architecture['backbone']} 2.5D detector recorded in the model's metadata",
-            fix="log the model again with medvision.tracking.log_classifier",
+            fix=REGISTER_AGAIN,
         )
         detector.weights_source = f"mlflow:{uri}"
         return detector.eval()
@@ -481,44 +483,60 @@ def _rebuild(architecture: Mapping[str, Any], loaded: torch.nn.Module, uri: str)
     )
     load_state_dict_exact(
         model,
-        loaded.state_dict(),
+        state,
         where=uri,
         what=f"{architecture['backbone']} classifier recorded in the model's metadata",
-        fix="log the model again with medvision.tracking.log_classifier",
+        fix=REGISTER_AGAIN,
     )
     model.weights_source = f"mlflow:{uri}"
     return model.eval()
 
 
+def _load_error(uri: str, store: str, exc: BaseException) -> TrackingError:
+    """A TrackingError for an MLflow or file error while reading the model ``uri``."""
+    if isinstance(exc, OSError):
+        return TrackingError(uri, f"the model cannot be loaded: {type(exc).__name__}: {exc}", _TRAIN_FIX)
+    parts = parse_model_uri(uri)
+    if parts["kind"] == "run":
+        reason = f"run {parts['run_id']} has no model {parts['path']!r} in {redact_uri(store)} ({_first_line(exc)})"
+        return TrackingError(uri, reason, f"check the run id and path, or {_TRAIN_FIX}")
+    return TrackingError(uri, f"the model cannot be loaded: {_first_line(exc)}", _TRAIN_FIX)
+
+
 def _load(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """``(module, metadata, pinned_uri)``."""
-    import mlflow.pytorch
+    """``(module, metadata, pinned_uri)``.
+
+    Reads the ``MLmodel`` first and refuses anything but the ``medvision`` flavour before a file is
+    downloaded; then downloads the weights file alone, checks its sha256, reads it with safetensors
+    and rebuilds the architecture from the metadata. Nothing is unpickled.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from medvision.tracking.flavor import flavor_conf, read_weights
 
     store = _use_store(tracking_uri)
     pinned, _version = _pinned(uri, store)
+    where = uri if pinned == uri else f"{uri} ({pinned})"
     try:
-        metadata = dict(get_model_info(pinned).metadata or {})
-        with tempfile.TemporaryDirectory(prefix="medvision-model-") as folder:
-            # map_location/weights_only reach torch.load for pickled models only; a pt2 graph ignores them.
-            module = mlflow.pytorch.load_model(pinned, dst_path=folder, map_location="cpu", weights_only=False)
-    except MlflowException as exc:
-        parts = parse_model_uri(uri)
-        if parts["kind"] == "run":
-            reason = f"run {parts['run_id']} has no model {parts['path']!r} in {redact_uri(store)} ({_first_line(exc)})"
-            raise TrackingError(uri, reason, f"check the run id and path, or {_TRAIN_FIX}") from exc
-        raise TrackingError(uri, f"the model cannot be loaded: {_first_line(exc)}", _TRAIN_FIX) from exc
-    except OSError as exc:
-        raise TrackingError(uri, f"the model cannot be loaded: {type(exc).__name__}: {exc}", _TRAIN_FIX) from exc
+        info = get_model_info(pinned)
+    except (MlflowException, OSError) as exc:
+        raise _load_error(uri, store, exc) from exc
+    conf = flavor_conf(info.flavors, where)
+    metadata = dict(info.metadata or {})
     architecture = metadata.get(ARCHITECTURE_KEY)
-    if isinstance(architecture, Mapping) and architecture.get("backbone"):
-        return _rebuild(architecture, module, pinned), metadata, pinned
+    if not isinstance(architecture, Mapping) or not architecture.get("backbone"):
+        raise ModelFormatError(where, f"its metadata has no {ARCHITECTURE_KEY} to rebuild the model", REGISTER_AGAIN)
     try:
-        module.eval()
-    except NotImplementedError:
-        pass  # an exported graph: it was exported in eval mode and cannot switch
-    return module, metadata, pinned
+        with tempfile.TemporaryDirectory(prefix="medvision-model-") as folder:
+            # The weights file alone, through the repository of the model's root (works for models:/NAME/VERSION,
+            # models:/m-ID and runs:/ID/model alike).
+            local = get_artifact_repository(pinned).download_artifacts(str(conf["weights"]), dst_path=folder)
+            state = read_weights(Path(local), conf, where)
+    except (MlflowException, OSError) as exc:
+        raise _load_error(uri, store, exc) from exc
+    return _rebuild(architecture, state, pinned), metadata, pinned
 
 
 def load_model_with_metadata(
@@ -533,8 +551,9 @@ def load_classifier(uri: str, *, tracking_uri: str | None = None) -> tuple[torch
     """Load a logged model on the CPU, in eval mode, with its metadata.
 
     An alias is resolved to its version once, so the weights and the metadata belong together.
-    A medvision Classifier is rebuilt from ``medvision_architecture`` (see the module notes);
-    its ``weights_source`` becomes ``mlflow:<uri>``.
+    Only the model's safetensors file is read (after its sha256 is checked); the Classifier or
+    SliceDetector is rebuilt from ``medvision_architecture`` (see the module notes) and its
+    ``weights_source`` becomes ``mlflow:<uri>``.
 
     Args:
         uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` or
@@ -547,6 +566,9 @@ def load_classifier(uri: str, *, tracking_uri: str | None = None) -> tuple[torch
     Raises:
         TrackingError: If the model, alias, version or run does not exist (the message lists the
             aliases and versions there are), or cannot be loaded.
+        ModelFormatError: (a TrackingError) If the version was registered in the old format
+            (MLflow's pytorch flavour: pickle or ``torch.export``), is not a medvision model, or its
+            weights file fails its sha256 or is not safetensors. Nothing of it is unpickled.
         WeightsError: If the stored weights do not fit the recorded architecture.
     """
     module, metadata, _ = _load(uri, tracking_uri)

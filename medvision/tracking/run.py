@@ -3,7 +3,7 @@
 :class:`RunTracker` wraps the run as a context manager. It logs through an
 :class:`mlflow.MlflowClient` bound to the tracking URI it was given (batched, within MLflow's
 limits), and also makes the run MLflow's *active* run, so that fluent calls made inside it
-(:func:`medvision.tracking.models.log_classifier` uses ``mlflow.pytorch.log_model``) attach to it.
+(:func:`medvision.tracking.models.log_classifier` uses ``mlflow.models.Model.log``) attach to it.
 
 With a :class:`~medvision.tracking.phi.PhiGuard`, every string on its way to MLflow is checked
 first: param names and values, tag names and values, metric names, text and dict artifacts, and

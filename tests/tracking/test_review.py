@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
-from torch import nn
 from typer.testing import CliRunner
 
 from medvision.cli_runs import app
@@ -22,6 +21,7 @@ from medvision.config import load_config
 from medvision.engine import train_classification
 from medvision.errors import TrackingError
 from medvision.metrics import delong_test
+from medvision.models import create_model
 from medvision.tracking import review
 from medvision.tracking.models import log_classifier
 from medvision.tracking.run import RunTracker
@@ -81,8 +81,8 @@ def _tiny_version(uri: str, *, metrics: dict[str, float], tags: dict[str, str], 
         if metrics:
             run.log_metrics(metrics)
         info = log_classifier(
-            nn.Sequential(nn.Flatten(), nn.Linear(4, 1)),
-            input_example=np.zeros((1, 1, 2, 2), np.float32),
+            create_model("resnet18", weights="none", in_channels=1, num_classes=1),
+            input_example=np.zeros((1, 1, 32, 32), np.float32),
             metadata={"task": "classification"},
             registered_name=MODEL,
             alias="tiny",
