@@ -43,6 +43,8 @@ demo: demo-data
 	@cp -r $(DEMO_DIR)-external/mri/imagesTr $(DEMO_DIR)-external/studies/mri-nifti
 	@echo "batch report of the external demo studies (radiographs, a DICOM MR series, NIfTI volumes):"
 	$(BIN)/medvision report --input $(DEMO_DIR)-external/studies --out outputs/report-demo --image-format jpeg --secondary-capture
+	@echo "the same report de-identified to share (DICOM PS3.15 Basic Profile; pictures withheld where burned-in text is possible):"
+	$(BIN)/medvision report --config configs/report_deidentified.yaml --input $(DEMO_DIR)-external/studies --out outputs/report-demo-deidentified
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (runs, evidence, registered model)"
 
 # A local MLflow tracking server: runs and registered models in SQLite, artifacts served through the

@@ -23,6 +23,9 @@ SALT_ENV = "MEDVISION_REPORT_SALT"
 def report(
     input_dir: Path = typer.Option(..., "--input", help="Folder of studies: DICOM files and series, NIfTI volumes."),
     out: Path = typer.Option(..., "--out", help="Report folder (replaced when it holds an earlier report)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Report config (YAML, e.g. configs/report_deidentified.yaml); options given here win."
+    ),
     classifier: str | None = typer.Option(
         None,
         "--classifier",
@@ -31,42 +34,87 @@ def report(
     detector: str | None = typer.Option(
         None, "--detector", help="Tumour detector URI (default: models:/tumor-detector@champion, else @candidate)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Radiographs per forward pass."),
-    deidentify: bool = typer.Option(
-        False, "--deidentify", help=f"Replace names, ids, dates and UIDs everywhere (salt from ${SALT_ENV})."
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default cpu)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Radiographs per forward pass (default 8)."
+    ),
+    deidentify: bool | None = typer.Option(
+        None,
+        "--deidentify/--no-deidentify",
+        help=f"DICOM PS3.15 Basic Profile de-identification everywhere (salt from ${SALT_ENV}).",
+    ),
+    retain_dates: bool | None = typer.Option(
+        None,
+        "--retain-dates/--remove-dates",
+        help="With --deidentify: shift every date by one offset, keeping intervals (default), or remove them.",
+    ),
+    clean_descriptors: bool | None = typer.Option(
+        None,
+        "--clean-descriptors/--remove-descriptors",
+        help="With --deidentify: keep descriptions and comments cleaned of identifiers, or remove them (default).",
+    ),
+    retain_device_identity: bool | None = typer.Option(
+        None,
+        "--retain-device-identity/--remove-device-identity",
+        help="With --deidentify: keep station names and device serial numbers, or replace them (default).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with ETA on stderr."),
-    image_format: str = typer.Option(
-        "png", "--image-format", help="png (lossless) or jpeg (a report about five times smaller and faster)."
+    image_format: str | None = typer.Option(
+        None, "--image-format", help="png (default, lossless) or jpeg (a report about five times smaller and faster)."
     ),
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow store of the models (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
     ),
-    secondary_capture: bool = typer.Option(
-        False,
-        "--secondary-capture",
+    secondary_capture: bool | None = typer.Option(
+        None,
+        "--secondary-capture/--no-secondary-capture",
         help="Also file each DICOM study's key picture (overlay or key slice) into its study as a DICOM Secondary"
         " Capture (sc/<key>.dcm).",
     ),
 ) -> None:
     """Write a prioritised report (HTML, PDF, CSV, JSON, DICOM SR, optionally DICOM Secondary Capture) of every
     study below --input."""
+    from medvision.config import ReportConfig, load_report_config
     from medvision.reporting.batch import format_summary, run_report
+    from medvision.reporting.deid import DeidOptions
+
+    cfg = load_report_config(config) if config is not None else ReportConfig()
+    given = {
+        "classifier": classifier,
+        "detector": detector,
+        "device": device,
+        "batch_size": batch_size,
+        "image_format": image_format,
+        "tracking_uri": tracking_uri,
+        "secondary_capture": secondary_capture,
+    }
+    settings = {key: value if value is not None else getattr(cfg, key) for key, value in given.items()}
+    deid = cfg.deidentify
+    options = {
+        "retain_dates": retain_dates,
+        "clean_descriptors": clean_descriptors,
+        "retain_device_identity": retain_device_identity,
+    }
+    enabled = deid.enabled if deidentify is None else deidentify
+    if not enabled and any(value is not None for value in options.values()):
+        named = ", ".join(f"--{key.replace('_', '-')}" for key, value in options.items() if value is not None)
+        raise typer.BadParameter(f"{named} only applies with --deidentify", param_hint="--deidentify")
+    chosen = DeidOptions(**{key: getattr(deid, key) if value is None else value for key, value in options.items()})
 
     summary = run_report(
         input_dir,
         out,
-        classifier_uri=classifier,
-        detector_uri=detector,
-        device=device,
-        batch_size=batch_size,
-        deidentify=deidentify,
+        classifier_uri=settings["classifier"],
+        detector_uri=settings["detector"],
+        device=settings["device"],
+        batch_size=settings["batch_size"],
+        deidentify=enabled,
+        deid_options=chosen,
         progress=progress,
-        tracking_uri=tracking_uri,
+        tracking_uri=settings["tracking_uri"],
         deid_salt=os.environ.get(SALT_ENV) or None,
-        image_format=image_format,
-        secondary_capture=secondary_capture,
+        image_format=settings["image_format"],
+        secondary_capture=settings["secondary_capture"],
     )
     typer.echo(format_summary(summary))
     typer.echo(f"report: {summary['index']}")

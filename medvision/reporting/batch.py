@@ -62,7 +62,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from medvision.errors import ConfigError, InputError, MedvisionError
+from medvision.errors import ConfigError, InputError, MedvisionError, ModelFormatError
+from medvision.reporting.deid import NOT_SHAREABLE, DeidOptions
 from medvision.reporting.discover import CLASSIFICATION, DETECTION, FAILED, NOT_APPLICABLE, Discovery, Study, discover
 
 __all__ = [
@@ -113,6 +114,7 @@ ROW_KEYS = (
     "images",
     "sr_path",
     "secondary_capture_path",
+    "shareable",
 )
 
 _CSV_KEYS = (
@@ -128,6 +130,7 @@ _CSV_KEYS = (
     "images",
     "sr_path",
     "secondary_capture_path",
+    "shareable",
 )
 
 _FINDING = {CLASSIFICATION: "pneumonia", DETECTION: "tumour"}
@@ -198,6 +201,8 @@ class _Model:
         if self.value is None and self.error is None and self.loader is not None:
             try:
                 self.value = self.loader()
+            except ModelFormatError:
+                raise  # a refused model (old pickle format, tampered weights) stops the report, not only its studies
             except MedvisionError as exc:
                 self.error = exc.one_line()
             except (ImportError, OSError, RuntimeError, ValueError) as exc:
@@ -450,10 +455,31 @@ class _Run:
     def key_for(self, study: Study) -> str:
         return self.deid.key(study.key) if self.deid is not None else study.key
 
+    def withheld(self, study: Study) -> str | None:
+        """Why a de-identified report withholds the study's pictures (``None``: it does not).
+
+        Only a DICOM study whose every image says BurnedInAnnotation NO is shareable: pixels are not cleaned,
+        so text burned into them (names, dates, ids) would leave with the picture.
+        """
+        if self.deid is None:
+            return None
+        if study.kind != "dicom" or not study.instances:
+            return f"{NOT_SHAREABLE} unknown ({study.kind} files carry no BurnedInAnnotation); pictures withheld"
+        marked = [i.burned_in or "absent" for i in study.instances if i.burned_in != "NO"]
+        if not marked:
+            return None
+        values = "/".join(sorted(set(marked)))
+        return (
+            f"{NOT_SHAREABLE} (BurnedInAnnotation {values} in {len(marked)} of {len(study.instances)} images);"
+            " pictures withheld"
+        )
+
     def add(self, row: dict[str, Any], study: Study | None = None) -> dict[str, Any]:
         if self.deid is not None:
             paths = [] if study is None else [str(p) for p in study.paths] + [_rel(p, self.root) for p in study.paths]
-            row = self.deid.row(row, source_paths=paths)
+            time_of_study = study.meta.get("study_time") if study is not None else None
+            row = self.deid.row(row, source_paths=paths, study_time=time_of_study)
+            row["shareable"] = study is not None and self.withheld(study) is None
         self.rows.append(row)
         return row
 
@@ -479,7 +505,8 @@ def _cache_key(run: _Run, study: Study, model: _Model) -> str | None:
             return None  # pseudonyms change with every run: nothing to reuse
         salt = run.deid.salt
     h = hashlib.sha256()
-    parts = (salt, REPORT_FORMAT, study.key, study.fingerprint(run.root), model.ident, run.deid is not None, run.suffix,
+    options = run.deid.options.describe() if run.deid is not None else None
+    parts = (salt, REPORT_FORMAT, study.key, study.fingerprint(run.root), model.ident, options, run.suffix,
              run.secondary_capture)  # fmt: skip
     for part in parts:
         h.update(f"{part}\x1f".encode())
@@ -606,18 +633,20 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
                 for i, item in enumerate(ok):
                     start = time.perf_counter()
                     prob = float(probs[i])
-                    rel: str | None = f"studies/{run.key_for(item.study)}/radiograph-{item.index}{run.suffix}"
-                    try:
-                        picture, original = display_image(item.path, size=DISPLAY_SIZE)
-                        heat = (
-                            heatmap_to_display(maps[i], original, picture.shape, keep_aspect=keep_aspect)
-                            if maps is not None
-                            else np.zeros_like(picture)
-                        )
-                        write_overlay(picture, heat, run.tmp / str(rel))
-                    except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
-                        rel = None
-                        notes[item.study.key].append(f"image not written: {_reason(exc, item.study, run.root)}")
+                    rel: str | None = None
+                    if run.withheld(item.study) is None:  # de-identified: pixels may carry burned-in identifiers
+                        rel = f"studies/{run.key_for(item.study)}/radiograph-{item.index}{run.suffix}"
+                        try:
+                            picture, original = display_image(item.path, size=DISPLAY_SIZE)
+                            heat = (
+                                heatmap_to_display(maps[i], original, picture.shape, keep_aspect=keep_aspect)
+                                if maps is not None
+                                else np.zeros_like(picture)
+                            )
+                            write_overlay(picture, heat, run.tmp / str(rel))
+                        except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
+                            rel = None
+                            notes[item.study.key].append(f"image not written: {_reason(exc, item.study, run.root)}")
                     results[item.study.key].append((item.index, prob, prob >= threshold, rel))
                     run.tick("write", start)
                     done(item)
@@ -665,6 +694,8 @@ def _classification_row(
     ]
     if failures:
         notes = [*notes, f"{len(failures)} of {len(study.paths)} images could not be read (listed apart)"]
+    if run.withheld(study) is not None:
+        notes = [*notes, str(run.withheld(study))]
     from medvision.io.dicom import read_dataset
 
     headers: dict[int, Any] = {}  # read once, for the SR and the secondary capture
@@ -673,7 +704,10 @@ def _classification_row(
         for n, _, _, _ in sorted(results):
             headers[n] = read_dataset(study.paths[n - 1], stop_before_pixels=True)
         findings = [(headers[n], p, f) for n, p, f, _ in sorted(results)]
-        row["sr_path"] = _write_sr(run, key, [h for h, _, _ in findings], "classification", row, findings=findings)
+        row["sr_path"] = _write_sr(
+            run, key, [h for h, _, _ in findings], "classification", row, findings=findings,
+            shareable=run.withheld(study) is None,
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
         notes = [*notes, f"no DICOM SR ({type(exc).__name__}: {exc})"]
     pictured = [(p, n, rel) for n, p, _, rel in results if rel is not None]
@@ -707,6 +741,7 @@ def _write_sr(
     *,
     findings: list[tuple[Any, float, bool]] | None = None,
     boxes: list[dict[str, Any]] | None = None,
+    shareable: bool = True,
 ) -> str:
     from medvision.reporting.sr import classification_sr, detection_sr, write_sr
 
@@ -727,6 +762,8 @@ def _write_sr(
             volume_score=float(row.get("probability") or 0.0),
             flagged=bool(row.get("flagged")),
         )
+    if run.deid is not None:
+        run.deid.stamp(sr, shareable=shareable)
     rel = f"sr/{key}.dcm"
     write_sr(sr, run.tmp / rel)
     return rel
@@ -744,6 +781,8 @@ def _write_sc(
     sc = key_picture_sc(
         header, run.tmp / picture, model=row.get("model") or {}, patient_orientation=orientation, description=what
     )
+    if run.deid is not None:
+        run.deid.stamp(sc, shareable=True)  # written only for a shareable study
     rel = f"sc/{key}.dcm"
     write_sc(sc, run.tmp / rel)
     return rel
@@ -911,17 +950,21 @@ def _detect(run: _Run, study: Study, model: _Model) -> None:
         boxes=boxes,
     )
     notes = []
-    try:
-        row["images"] = _key_slices(run, key, prediction, kept or found[:1], candidate=not kept and bool(found))
-    except Exception as exc:  # noqa: BLE001 - the finding stands without its pictures
-        notes.append(f"key slices not written ({type(exc).__name__}: {exc})")
+    withheld = run.withheld(study)
+    if withheld is not None:
+        notes.append(withheld)  # de-identified: pixels may carry burned-in identifiers
+    else:
+        try:
+            row["images"] = _key_slices(run, key, prediction, kept or found[:1], candidate=not kept and bool(found))
+        except Exception as exc:  # noqa: BLE001 - the finding stands without its pictures
+            notes.append(f"key slices not written ({type(exc).__name__}: {exc})")
     if study.kind == "nifti":
         notes.append(_NO_SR_NIFTI)
     else:
         headers: list[Any] = []  # read once, for the SR and the secondary capture
         try:
             headers.extend(read_dataset(p, stop_before_pixels=True) for p in study.paths)
-            row["sr_path"] = _write_sr(run, key, headers, "detection", row, boxes=boxes)
+            row["sr_path"] = _write_sr(run, key, headers, "detection", row, boxes=boxes, shareable=withheld is None)
         except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
             notes.append(f"no DICOM SR ({type(exc).__name__}: {exc})")
         if run.secondary_capture and row.get("images"):
@@ -1068,6 +1111,7 @@ def run_report(
     title: str = "medvision batch report",
     image_format: str = "png",
     secondary_capture: bool = False,
+    deid_options: DeidOptions | None = None,
 ) -> dict[str, Any]:
     """Turn a folder of studies into a report folder (see the module docstring).
 
@@ -1080,7 +1124,9 @@ def run_report(
         detector_uri: the tumour detector (default ``models:/tumor-detector@champion``, else ``@candidate``).
         device: ``"cpu"`` or ``"cuda"``.
         batch_size: radiographs per forward pass.
-        deidentify: replace names, ids, dates, UIDs and paths everywhere (see :mod:`~medvision.reporting.deid`).
+        deidentify: apply the DICOM PS3.15 Basic Profile to every header, row, page and file name, and withhold
+            the pictures of studies that may carry burned-in annotation (see :mod:`~medvision.reporting.deid`).
+        deid_options: the profile's options (default: dates shifted, descriptors removed, device identity removed).
         progress: show a progress bar with ETA on stderr.
         detector: a ready :class:`VolumePredictor` instead of ``detector_uri`` (tests, notebooks).
         classifier: a ready :class:`LoadedClassifier` (or ``(module, metadata)``) instead of ``classifier_uri``.
@@ -1103,6 +1149,8 @@ def run_report(
     Raises:
         InputError: ``input_dir`` is not a folder, or ``out_dir`` is something else than a report.
         ConfigError: a bad ``device`` or ``batch_size``.
+        ModelFormatError: a registered model that medvision refuses to load (the old pickle format, or weights
+            that fail their check); no report is written and the previous one is unchanged.
         KeyboardInterrupt: after cleaning up; the previous report is unchanged.
     """
     started = time.perf_counter()
@@ -1134,7 +1182,7 @@ def run_report(
         root=root,
         tmp=tmp,
         old_out=out if _is_report(out) else None,
-        deid=Deidentifier(deid_salt) if deidentify else None,
+        deid=Deidentifier(deid_salt, deid_options) if deidentify else None,
         device=str(device),
         batch_size=batch_size,
         suffix=".jpg" if image_format == "jpeg" else ".png",
@@ -1229,6 +1277,9 @@ def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, st
         "deidentified": run.deid is not None,
         "input": None if run.deid is not None else str(run.root),
     }
+    if run.deid is not None:
+        summary["deidentification"] = run.deid.options.describe()
+        summary["not_shareable"] = sum(1 for r in run.rows if r.get("shareable") is False)
     generated_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     start = time.perf_counter()
     shown = {
@@ -1237,7 +1288,8 @@ def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, st
         "failed": summary["failed"],
         "not_applicable": summary["not_applicable"],
         "reused_from_previous_report": run.reused,
-        "deidentified": summary["deidentified"],
+        "deidentified": summary.get("deidentification") or False,
+        **({"not_shareable": summary["not_shareable"]} if run.deid is not None else {}),
         **({"input": summary["input"]} if summary["input"] else {}),
     }
     render_report(run.rows, run.tmp, title=title, generated_at=generated_at, summary=shown)

@@ -218,7 +218,8 @@ def test_deidentified_report_holds_no_identifier_of_the_input(
         secondary_capture=True,
     )
     assert summary["deidentified"] is True and summary["input"] is None
-    needles = set()
+    assert summary["deidentification"] == "PS3.15 Basic Profile; modified dates"
+    needles = {"St Elsewhere", "141516"}
     for value in mixed.all_identifiers():
         needles.add(value)
         needles |= {part for part in value.split("^") if len(part) >= 4}
@@ -239,16 +240,31 @@ def test_deidentified_report_holds_no_identifier_of_the_input(
     ok = [r for r in rows if r["status"] == "ok" and r["task"] == "classification"]
     assert len(ok) == N_OK_RADIOGRAPHS
     for row in ok:
-        assert row["patient_id"].startswith("ANON-") and row["patient_name"].startswith("ANON^")
+        assert row["patient_id"].startswith("ANON-") and "Lovelace" not in row["patient_name"]
         assert row["source"].startswith("file-") and row["source"].endswith(".dcm")
+        assert row["study_description"] is None  # removed (no Clean Descriptors)
         sr = pydicom.dcmread(out / row["sr_path"])
         # The SR carries the same pseudonyms as the row.
         assert sr.StudyInstanceUID == row["study_uid"] and sr.PatientID == row["patient_id"]
+        assert sr.PatientName == row["patient_name"] and sr.StudyDate == row["study_date"]
         assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == row["study_uid"]
+        # Identity removed only where every source image says BurnedInAnnotation NO; the others keep no picture.
+        if row["shareable"] is True:
+            assert sr.PatientIdentityRemoved == "YES" and row["images"]
+            codes = [c.CodeValue for c in sr.DeidentificationMethodCodeSequence]
+            assert codes == ["113100", "113107"]
+        else:
+            assert sr.PatientIdentityRemoved == "NO" and "DeidentificationMethodCodeSequence" not in sr
+            assert not row["images"] and not row["secondary_capture_path"]
+            assert "not shareable: burned-in annotation (BurnedInAnnotation absent in 1 of 1 images)" in row["reason"]
+    assert sorted(r["shareable"] for r in ok) == [False, True, True]
+    nifti = next(r for r in rows if r["task"] == "detection" and r["source"].endswith(".nii.gz"))
+    assert nifti["shareable"] is False and not nifti["images"] and "not shareable" in nifti["reason"]
     ct_sc = pydicom.dcmread(
         out / next(r for r in rows if r["task"] == "detection" and r["sr_path"])["secondary_capture_path"]
     )
     assert ct_sc.PatientID.startswith("ANON-")  # the secondary capture carries the pseudonyms too
+    assert ct_sc.PatientIdentityRemoved == "YES"  # its burned-in text is the model's boxes and scores
 
     # Same salt: same pseudonyms, and the studies are reused.
     again = _run(

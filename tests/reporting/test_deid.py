@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import UID
 
-from medvision.reporting.deid import DeidOptions, Deidentifier, profile_action, profile_table
+from medvision.reporting.deid import Deidentifier, DeidOptions, profile_action, profile_table
 from tests.reporting.conftest import MixedFolder
 from tests.reporting.phi_data import annex_e_header, keyword
 
@@ -197,3 +197,51 @@ def test_stamp_records_the_profile_and_options_only_when_shareable() -> None:
     assert "Basic Profile" in ds.DeidentificationMethod
     d.stamp(ds, shareable=False)
     assert ds.PatientIdentityRemoved == "NO" and "DeidentificationMethodCodeSequence" not in ds
+
+
+def _report_app():
+    import typer
+
+    from medvision.cli_report import report
+
+    app = typer.Typer()
+    app.command()(report)
+    app.command("other")(lambda: None)  # two commands: typer keeps "report" as a sub-command name
+    return app
+
+
+def test_cli_options_need_deidentify_and_the_config_sets_them(
+    mixed: MixedFolder, registered_classifier: str, tmp_path
+) -> None:
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    args = ["report", "--input", str(mixed.root), "--tracking-uri", registered_classifier, "--no-progress"]
+    result = CliRunner().invoke(_report_app(), [*args, "--out", str(tmp_path / "a"), "--clean-descriptors"])
+    said = " ".join(result.output.replace("│", " ").split())  # typer draws the error in a box
+    assert result.exit_code == 2 and "--clean-descriptors only applies with --deidentify" in said, said
+    assert not (tmp_path / "a").exists()
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "report_deidentified.yaml"
+    out = tmp_path / "b"
+    result = CliRunner().invoke(_report_app(), [*args, "--out", str(out), "--config", str(config), "--remove-dates"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "results.json").read_text())
+    assert report["summary"]["deidentification"] == "PS3.15 Basic Profile"  # dates removed: no option code
+    radiographs = [r for r in report["rows"] if r["task"] == "classification" and r["status"] == "ok"]
+    assert radiographs and all(r["study_date"] is None for r in radiographs)
+    assert any(r["images"][0]["path"].endswith(".jpg") for r in radiographs if r["images"])  # the config's jpeg
+    sr = pydicom.dcmread(out / radiographs[0]["sr_path"])
+    assert sr.LongitudinalTemporalInformationModified == "REMOVED" and "20240305" not in str(sr)
+
+
+def test_report_config_names_a_bad_key(tmp_path) -> None:
+    from medvision.config import load_report_config
+    from medvision.errors import ConfigError
+
+    path = tmp_path / "r.yaml"
+    path.write_text("deidentify: {enabled: true, keep_faces: true}\n")
+    with pytest.raises(ConfigError, match=r"deidentify.keep_faces.*allowed here: enabled, retain_dates"):
+        load_report_config(path)
