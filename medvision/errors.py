@@ -1,7 +1,7 @@
 """Typed errors. Each names the file or key, the reason and the fix.
 
 The CLI turns any :class:`MedvisionError` into one line on stderr
-(``error: <where>: <reason>``) and exit status 2.
+(``error: <where>: <reason>``) and exit status 3 (see :mod:`medvision.cli` for every exit code).
 """
 
 from __future__ import annotations

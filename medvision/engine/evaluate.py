@@ -23,6 +23,7 @@ def evaluate_registered(
     n_bootstraps: int = 1000,
     batch_size: int = 32,
     skip_unreadable: bool = False,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Score every item of a datalist with a registered model and report its clinical metrics.
 
@@ -33,6 +34,9 @@ def evaluate_registered(
         data_path: the datalist (file or folder).
         out_dir: where to write ``metrics.json`` (no identifiers); nothing is written when None.
         n_bootstraps: bootstrap resamples for the AUROC interval.
+        tracking_uri: the MLflow store holding the model (default: MLflow's current one, else
+            ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``); a local store that does not exist is refused,
+            never created.
 
     Returns:
         AUROC with its interval, AUPRC, and sensitivity/specificity/PPV/NPV at the stored threshold; for a
@@ -42,7 +46,7 @@ def evaluate_registered(
     from medvision.metrics import apply_temperature, auprc, auroc_ci, binary_stats, expected_calibration_error
     from medvision.tracking import load_model_with_metadata
 
-    model, meta, pinned = load_model_with_metadata(model_uri)
+    model, meta, pinned = load_model_with_metadata(model_uri, tracking_uri=tracking_uri)
     if meta.get("task") == "detection":
         return evaluate_detector(
             model,

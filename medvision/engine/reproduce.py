@@ -43,13 +43,34 @@ def _overridden_uri(overrides: Sequence[str] | None) -> tuple[bool, Any]:
     return "uri" in tracking, tracking.get("uri")
 
 
+def _locate(run_id: str, overrides: Sequence[str] | None, tracking_uri: str | None) -> tuple[str, str]:
+    """``(whole run id, store)``: the store the run is looked up in, and the run id of a unique prefix."""
+    from medvision.tracking.review import resolve_run_id
+    from medvision.tracking.store import require_existing_store
+
+    run_id = run_id.strip()
+    if not run_id:
+        raise ConfigError("--from-run", "the run id is empty", "pass the id shown on the run's page in MLflow")
+    _has_uri, override_uri = _overridden_uri(overrides)
+    try:
+        store = require_existing_store(tracking_uri or (str(override_uri) if override_uri else None))
+    except TrackingError as exc:
+        raise TrackingError(
+            f"run {run_id}",
+            f"{exc.reason}, where the run would be looked up",
+            "point --tracking-uri (or --set tracking.uri=..., or $MLFLOW_TRACKING_URI) at the store the run was"
+            " logged to",
+        ) from None
+    return resolve_run_id(store, run_id), store
+
+
 def config_from_run(
     run_id: str, overrides: Sequence[str] | None = None, *, tracking_uri: str | None = None
 ) -> tuple[ExperimentConfig, str]:
     """The config of ``run_id`` with ``overrides`` applied, and the store the run was found in.
 
     Args:
-        run_id: The run to repeat.
+        run_id: The run to repeat (or a unique prefix of its id).
         overrides: ``key.path=value`` overrides, as for ``--set``.
         tracking_uri: Where to look for the run (default: the ``tracking.uri`` override, else
             ``$MLFLOW_TRACKING_URI``, else the embedded store).
@@ -61,21 +82,10 @@ def config_from_run(
         TrackingError: If the store cannot be read, or has no such run or no config artifact.
         ConfigError: If the stored config (with the overrides) is not valid.
     """
+    has_uri = _overridden_uri(overrides)[0]
+    run_id, store = _locate(run_id, overrides, tracking_uri)
     from medvision.tracking.run import download_run_config
-    from medvision.tracking.store import resolve_tracking_uri, sqlite_path
 
-    run_id = run_id.strip()
-    if not run_id:
-        raise ConfigError("--from-run", "the run id is empty", "pass the id shown on the run's page in MLflow")
-    has_uri, override_uri = _overridden_uri(overrides)
-    store = resolve_tracking_uri(tracking_uri or (str(override_uri) if override_uri else None))
-    local = sqlite_path(store)
-    if local is not None and not local.exists():
-        raise TrackingError(
-            f"run {run_id}",
-            f"there is no tracking store at {local} to find the run in",
-            "point --set tracking.uri=... (or MLFLOW_TRACKING_URI) at the store the run was logged to",
-        )
     text = download_run_config(store, run_id, CONFIG_ARTIFACT)
     source = f"run {run_id} {CONFIG_ARTIFACT}"
     try:
@@ -102,7 +112,7 @@ def reproduce_run(
     """Train a new run with the config of ``run_id`` (and ``overrides``), tagged ``reproduces=<run_id>``.
 
     Args:
-        run_id: The run to repeat.
+        run_id: The run to repeat (or a unique prefix of its id).
         overrides: ``key.path=value`` overrides applied to its config.
         tracking_uri: Where to look for the run (see :func:`config_from_run`).
         progress: Progress bars.
@@ -114,7 +124,8 @@ def reproduce_run(
         TrackingError: If the run or its config cannot be read.
         ConfigError: If the config is not valid, or its task has no trainer.
     """
-    cfg, _store = config_from_run(run_id, overrides, tracking_uri=tracking_uri)
+    run_id, store = _locate(run_id, overrides, tracking_uri)
+    cfg, _store = config_from_run(run_id, overrides, tracking_uri=store)
     if cfg.task != "classification":
         raise ConfigError(
             f"run {run_id} task", f"task {cfg.task!r} has no trainer in this version", "repeat a classification run"

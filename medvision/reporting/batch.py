@@ -213,23 +213,19 @@ class _Model:
 def _resolve(name: str, uri: str | None, tracking_uri: str | None) -> tuple[str | None, dict[str, Any], str | None]:
     """``(pinned uri, provenance, error)`` for a registered model (``uri`` given, or the default aliases).
 
-    An alias is pinned to the version it names now (``models:/NAME/VERSION``), so the weights loaded
-    later are the version the provenance and the re-run cache speak of, even if the alias moves.
+    A local tracking store that does not exist raises :class:`~medvision.errors.TrackingError` (checked
+    before MLflow would create it); any other error comes back as ``error``. An alias is pinned to the
+    version it names now (``models:/NAME/VERSION``), so the weights loaded later are the version the
+    provenance and the re-run cache speak of, even if the alias moves.
     """
     import mlflow
 
     from medvision.tracking.models import model_provenance, resolve_model_uri
-    from medvision.tracking.store import redact_uri, resolve_tracking_uri, sqlite_path
+    from medvision.tracking.store import require_existing_store
 
-    # Reading must not create an empty SQLite store where there is none (MLflow would).
-    store = resolve_tracking_uri(tracking_uri) if tracking_uri or not mlflow.is_tracking_uri_set() else None
-    database = sqlite_path(store) if store else None
-    if database is not None and not database.exists():
-        return (
-            None,
-            {},
-            f"there is no MLflow store at {redact_uri(store)} (pass --tracking-uri or set MLFLOW_TRACKING_URI)",
-        )
+    # Reading must not create a store where there is none (MLflow would): a missing store stops the report.
+    current = None if tracking_uri or not mlflow.is_tracking_uri_set() else mlflow.get_tracking_uri()
+    require_existing_store(tracking_uri or current)
     try:
         asked = uri or resolve_model_uri(name, tracking_uri=tracking_uri)
         info = model_provenance(asked, tracking_uri=tracking_uri)
@@ -1151,6 +1147,8 @@ def run_report(
         ConfigError: a bad ``device`` or ``batch_size``.
         ModelFormatError: a registered model that medvision refuses to load (the old pickle format, or weights
             that fail their check); no report is written and the previous one is unchanged.
+        TrackingError: a model is needed but the local tracking store does not exist (nothing is created; no
+            report is written).
         KeyboardInterrupt: after cleaning up; the previous report is unchanged.
     """
     started = time.perf_counter()

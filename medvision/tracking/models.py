@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from medvision.errors import ModelFormatError, TrackingError
 from medvision.tracking.flavor import ARCHITECTURE_KEY, REGISTER_AGAIN
-from medvision.tracking.store import redact_uri, resolve_tracking_uri
+from medvision.tracking.store import redact_uri, require_existing_store
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -82,14 +82,18 @@ _READY = "READY"
 
 
 def _use_store(tracking_uri: str | None) -> str:
-    """Point MLflow at ``tracking_uri`` (or at medvision's default when nothing is set); return it."""
+    """Point MLflow at ``tracking_uri`` (or at medvision's default when nothing is set); return it.
+
+    Only reading calls use this, so a local store that does not exist is refused before MLflow would
+    create it (:func:`~medvision.tracking.store.require_existing_store`).
+    """
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    elif not mlflow.is_tracking_uri_set():
-        mlflow.set_tracking_uri(resolve_tracking_uri(None))
-    return str(mlflow.get_tracking_uri())
+    if tracking_uri or not mlflow.is_tracking_uri_set():
+        store = require_existing_store(tracking_uri)
+        mlflow.set_tracking_uri(store)
+        return store
+    return require_existing_store(str(mlflow.get_tracking_uri()))
 
 
 def _client() -> MlflowClient:
@@ -236,12 +240,19 @@ def _pinned(uri: str, store: str) -> tuple[str, Any]:
     """``(uri, version)``: a registry alias or ``latest`` resolved once to ``models:/NAME/VERSION``.
 
     Resolving first means the metadata and the weights come from the same version even if the
-    alias moves in between. Other URIs come back unchanged, with ``version`` ``None``.
+    alias moves in between. A ``runs:/PREFIX/path`` gets its whole run id; other URIs come back
+    unchanged. ``version`` is ``None`` but for registry URIs.
     """
     parts = parse_model_uri(uri)
     if parts["kind"] in ("alias", "version", "latest"):
         version = _version_for(_client(), uri, store)
         return f"models:/{version.name}/{version.version}", version
+    if parts["kind"] == "run" and parts["run_id"] and len(str(parts["run_id"])) < 32:  # MLflow's ids: 32 digits
+        from medvision.tracking.review import resolve_run_id
+
+        run_id = resolve_run_id(store, str(parts["run_id"]))  # a unique prefix names its run
+        if run_id != parts["run_id"]:
+            return f"runs:/{run_id}/{parts['path']}", None
     return uri, None
 
 
@@ -647,6 +658,8 @@ def model_provenance(uri: str, *, tracking_uri: str | None = None) -> dict[str, 
     """
     store = _use_store(tracking_uri)
     parts = parse_model_uri(uri)
+    if parts["kind"] == "run":
+        parts = parse_model_uri(_pinned(uri, store)[0])  # the whole run id of a prefix
     info: dict[str, Any] = {
         "name": parts["name"],
         "version": None,

@@ -13,6 +13,8 @@ logs (per-epoch ``train_loss``/``val_loss``/``val_auroc``, final ``test_*`` metr
 * :func:`promote`: move an alias (``champion``) to a model version, refusing a version without test
   evidence or one that is worse than the current champion on the same data.
 * :func:`show_run`: everything logged in one run.
+* :func:`resolve_run_id`: the whole run id of a unique prefix; every function here that takes
+  a run id accepts a prefix.
 * :func:`format_table` and friends: the plain-text / Markdown tables the CLI and the notebook print.
 
 Comparing runs needs the same salt. ``predictions.csv`` identifies a study only by a *salted* hash
@@ -42,8 +44,6 @@ import json
 import math
 import os
 import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +53,7 @@ import numpy as np
 
 from medvision.errors import TrackingError
 from medvision.tracking.models import _available, _first_line, _mlflow_errors, _not_found
-from medvision.tracking.store import redact_uri, resolve_tracking_uri, sqlite_path
+from medvision.tracking.store import redact_uri, require_existing_store
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -76,6 +76,7 @@ __all__ = [
     "promote",
     "promotion_text",
     "registered_version",
+    "resolve_run_id",
     "show_run",
     "show_text",
     "subgroup_table",
@@ -109,31 +110,72 @@ _SALT_FIX = (
     " output folder before training it"
 )
 _TRAIN_FIX = "train with medvision (`medvision train CONFIG`), which logs evidence/predictions.csv"
+#: MLflow's run ids: 32 lowercase hexadecimal digits (``uuid4().hex``); shorter ones are prefixes.
+_RUN_ID_LENGTH = 32
+_HEX_DIGITS = frozenset("0123456789abcdef")
+#: How many candidates an ambiguous run id prefix lists.
+_MAX_CANDIDATES = 10
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
 def _client(uri: str | None) -> tuple[MlflowClient, str]:
-    """A client bound to the resolved store (and the store's URI); a missing local store is an error."""
+    """A client bound to the resolved store (and the store's URI); a missing local store is an error.
+
+    The store is checked before MLflow opens it (:func:`~medvision.tracking.store.require_existing_store`),
+    so reading never creates one.
+    """
     from mlflow import MlflowClient
 
-    store = resolve_tracking_uri(uri)
-    path = sqlite_path(store)
-    missing: Path | None = None
-    if path is not None and not path.exists():
-        missing = path
-    elif store.startswith("file:"):
-        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(store).path))
-        if not folder.exists():
-            missing = folder
-    if missing is not None:
-        raise TrackingError(
-            "tracking.uri",
-            f"there is no tracking store at {missing} ({redact_uri(store)})",
-            "train a model first (`medvision train CONFIG`), or pass the store with --uri / MLFLOW_TRACKING_URI",
-        )
+    store = require_existing_store(uri)
     return MlflowClient(tracking_uri=store, registry_uri=store), store
+
+
+def _full_run_id(client: MlflowClient, store: str, run_id: str) -> str:
+    """The whole id of the run that ``run_id`` names: itself, or the one run whose id starts with it.
+
+    MLflow's run ids are 32 hexadecimal digits; ``medvision runs list`` prints the first 8. A shorter
+    hexadecimal ``run_id`` is looked up as a prefix among the active runs of every active experiment.
+    A whole id, or one that is not hexadecimal, comes back unchanged (MLflow then says whether it exists).
+
+    Raises:
+        TrackingError: If no run id starts with the prefix, or several do (they are listed).
+    """
+    from mlflow.entities import ViewType
+
+    wanted = run_id.strip()
+    prefix = wanted.lower()
+    if not prefix or len(prefix) >= _RUN_ID_LENGTH or not set(prefix) <= _HEX_DIGITS:
+        return wanted
+    with _mlflow_errors(f"run {wanted}", "look up the run id"):
+        experiments = [e.experiment_id for e in _paged(client.search_experiments, view_type=ViewType.ACTIVE_ONLY)]
+        found = (
+            client.search_runs(
+                experiment_ids=experiments,
+                filter_string=f"attributes.run_id LIKE '{prefix}%'",
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=_MAX_CANDIDATES + 1,
+            )
+            if experiments
+            else []
+        )
+    ids = sorted({run.info.run_id for run in found if run.info.run_id.startswith(prefix)})
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise TrackingError(
+            f"run {wanted}",
+            f"there is no such run in {redact_uri(store)} (no run id starts with {prefix!r})",
+            "list the runs with `medvision runs list --experiment NAME` and copy a run id",
+        )
+    shown = ", ".join(ids[:_MAX_CANDIDATES]) + (", ..." if len(ids) > _MAX_CANDIDATES else "")
+    raise TrackingError(
+        f"run {wanted}",
+        f"the prefix {prefix!r} is ambiguous: it starts {'more than ' if len(ids) > _MAX_CANDIDATES else ''}"
+        f"{min(len(ids), _MAX_CANDIDATES)} run ids in {redact_uri(store)} ({shown})",
+        "give more characters of the run id",
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -261,6 +303,28 @@ def _column(name: str, values: list[str], where: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- runs
 
 
+def resolve_run_id(uri: str | None, run_id: str) -> str:
+    """The whole run id that ``run_id`` names: a whole id, or a unique prefix of one (``runs list`` prints 8 digits).
+
+    Args:
+        uri: The tracking URI (``None``: the default resolution).
+        run_id: A run id or the start of one.
+
+    Returns:
+        The 32-digit run id (a whole or non-hexadecimal ``run_id`` comes back as given, stripped).
+
+    Raises:
+        TrackingError: If the store does not exist, no run id starts with the prefix, or several do
+            (listing them).
+
+    Example:
+        >>> resolve_run_id(None, "0a1b2c3d")  # doctest: +SKIP
+        '0a1b2c3d4e5f60718293a4b5c6d7e8f9'
+    """
+    client, store = _client(uri)
+    return _full_run_id(client, store, run_id)
+
+
 def list_runs(
     uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, *, sort_by: str | None = "test_auroc"
 ) -> list[dict[str, Any]]:
@@ -355,6 +419,7 @@ def show_run(uri: str | None, run_id: str) -> dict[str, Any]:
         TrackingError: If the run does not exist or MLflow refuses.
     """
     client, store = _client(uri)
+    run_id = _full_run_id(client, store, run_id)
     run = _get_run(client, run_id, store)
     with _mlflow_errors(f"run {run_id}", "read the run's artifacts and models"):
         experiment = client.get_experiment(run.info.experiment_id)
@@ -395,6 +460,7 @@ def load_predictions(uri: str | None, run_id: str) -> dict[str, np.ndarray]:
         TrackingError: If the run does not exist or has no predictions (naming the run).
     """
     client, store = _client(uri)
+    run_id = _full_run_id(client, store, run_id)
     _get_run(client, run_id, store)
     where = f"run {run_id} {PREDICTIONS_ARTIFACT}"
     with tempfile.TemporaryDirectory(prefix="medvision-review-") as folder:
@@ -415,6 +481,7 @@ def load_evidence(uri: str | None, run_id: str) -> dict[str, Any]:
         TrackingError: If the run does not exist or has no metrics.json.
     """
     client, store = _client(uri)
+    run_id = _full_run_id(client, store, run_id)
     _get_run(client, run_id, store)
     with tempfile.TemporaryDirectory(prefix="medvision-review-") as folder:
         path = _download(client, run_id, METRICS_ARTIFACT, folder)
@@ -435,6 +502,7 @@ def metric_history(
         TrackingError: If the run does not exist or MLflow refuses.
     """
     client, store = _client(uri)
+    run_id = _full_run_id(client, store, run_id)
     _get_run(client, run_id, store)
     out: dict[str, dict[str, np.ndarray]] = {}
     with _mlflow_errors(f"run {run_id}", "read the metric history"):
@@ -560,6 +628,7 @@ def compare_runs(
     from medvision.metrics import delong_test, paired_bootstrap
 
     client, store = _client(uri)
+    run_a, run_b = _full_run_id(client, store, run_a), _full_run_id(client, store, run_b)
     runs = {run_id: _get_run(client, run_id, store) for run_id in (run_a, run_b)}
     where = f"runs {run_a} and {run_b}"
     digest_a = runs[run_a].data.tags.get("dataset_digest")

@@ -33,6 +33,7 @@ __all__ = [
     "artifact_location_for",
     "ensure_tracking_available",
     "redact_uri",
+    "require_existing_store",
     "resolve_tracking_uri",
     "sqlite_path",
 ]
@@ -44,6 +45,10 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 _SQLITE_PREFIX = "sqlite:///"
+_NO_STORE_FIX = (
+    "train a model first (`medvision train CONFIG`), or point --tracking-uri (or $MLFLOW_TRACKING_URI) at the store"
+    " the runs were logged to"
+)
 _SERVER_FIX = "start it (make mlflow-server) or set tracking.required: false to use the embedded store"
 
 
@@ -103,6 +108,54 @@ def resolve_tracking_uri(configured: str | None) -> str:
         if candidate is not None and str(candidate).strip():
             return _absolute(str(candidate))
     return _absolute(DEFAULT_TRACKING_URI)  # pragma: no cover - the default is never empty
+
+
+def require_existing_store(uri: str | None) -> str:
+    """The resolved tracking URI, for a command that only reads: a local store must already exist.
+
+    MLflow creates a store wherever it opens one: a missing SQLite file becomes a new database, an
+    empty file gets MLflow's schema, a missing folder becomes a file store. Reading commands (``runs
+    list|show|compare``, ``evaluate``, ``predict``, ``report``) must not leave one behind, so a local
+    store that is not there is refused here, before MLflow is asked. Servers (``http(s)://``) and other
+    stores come back unchecked; MLflow reports their errors.
+
+    Args:
+        uri: The tracking URI as given (``None``: ``$MLFLOW_TRACKING_URI``, else the default).
+
+    Returns:
+        The resolved URI (see :func:`resolve_tracking_uri`).
+
+    Raises:
+        TrackingError: If the SQLite file does not exist, is empty or is a folder, or the file store's
+            folder does not exist, is empty or is a file. Nothing is created.
+
+    Example:
+        >>> require_existing_store("sqlite:////tmp/medvision-doc/none.db")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        medvision.errors.TrackingError: tracking.uri: there is no tracking store at /tmp/medvision-doc/none.db ...
+    """
+    store = resolve_tracking_uri(uri)
+    path = sqlite_path(store)
+    problem: str | None = None
+    if path is not None:
+        if not path.exists():
+            problem = f"there is no tracking store at {path}"
+        elif path.is_dir():
+            problem = f"the tracking store {path} is a folder, not an SQLite file"
+        elif path.stat().st_size == 0:
+            problem = f"the tracking store {path} is an empty file, not an MLflow database"
+    elif store.startswith("file:"):
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(store).path))
+        if not folder.exists():
+            problem = f"there is no tracking store at {folder}"
+        elif not folder.is_dir():
+            problem = f"the tracking store {folder} is a file, not a folder (an SQLite store is written sqlite:///PATH)"
+        elif not any(folder.iterdir()):
+            problem = f"the tracking store folder {folder} is empty"
+    if problem is not None:
+        raise TrackingError("tracking.uri", f"{problem} ({redact_uri(store)})", _NO_STORE_FIX)
+    return store
 
 
 def redact_uri(uri: str) -> str:

@@ -181,7 +181,7 @@ def test_cli_predict_prints_json_lines_and_names_a_bad_path(trained, tmp_path) -
         timeout=300,
         env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{trained['tmp'] / 'mlflow.db'}"},
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # one of the two volumes failed
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1 and lines[0]["path"] == str(volume)
     assert lines[0]["model"]["version"] in (1, "1") and "not for diagnostic use" in lines[0]["status"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from medvision.cli import app
 from medvision.config import load_config
 from medvision.engine import config_from_run, train_classification
-from medvision.errors import ConfigError, TrackingError
+from medvision.errors import TrackingError
 from tests.engine.conftest import metric_history, write_config
 
 runner = CliRunner()
@@ -55,7 +55,7 @@ def test_from_run_repeats_the_run_with_identical_metrics(original, tmp_path: Pat
         [
             "train",
             "--from-run",
-            first.run_id,
+            first.run_id[:8],  # a unique prefix, as `medvision runs list` prints it
             "--set",
             f"tracking.uri={store}",
             "--set",
@@ -110,8 +110,10 @@ def test_from_run_errors(original, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not (tmp_path / "mlflow.db").exists()
 
     neither = runner.invoke(app, ["train"])
-    assert isinstance(neither.exception, ConfigError) and "either a CONFIG file or --from-run" in str(neither.exception)
+    assert neither.exit_code == 3 and "either a CONFIG file or --from-run" in neither.stderr
     both = runner.invoke(app, ["train", str(config), "--from-run", first.run_id])
-    assert isinstance(both.exception, ConfigError) and "not both" in str(both.exception)
+    assert both.exit_code == 3 and "not both" in both.stderr
     resume = runner.invoke(app, ["train", "--from-run", first.run_id, "--resume"])
-    assert isinstance(resume.exception, ConfigError)
+    assert resume.exit_code == 3 and resume.stderr.startswith("error: --from-run: ")
+    clash = runner.invoke(app, ["train", str(config), "--tracking-uri", store, "--set", "tracking.uri=sqlite:///x.db"])
+    assert clash.exit_code == 3 and "error: --tracking-uri: " in clash.stderr and "disagrees" in clash.stderr

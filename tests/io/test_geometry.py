@@ -320,7 +320,7 @@ def test_inspect_allow_irregular(tmp_path) -> None:
 
     write_series(tmp_path / "s", [0, 2, 4, 8, 10])
     refused = CliRunner().invoke(app, ["inspect", str(tmp_path / "s")])
-    assert refused.exit_code == 2
+    assert refused.exit_code == 3
     assert "error: " in refused.output and "a slice is missing" in refused.output
     assert "Traceback" not in refused.output and "unexpected" not in refused.output
     done = CliRunner().invoke(app, ["inspect", "--json", "--allow-irregular", str(tmp_path / "s")])

@@ -1,4 +1,4 @@
-"""`medvision inspect` on malformed files: one typed error line per bad path on stderr, exit status 2, never
+"""`medvision inspect` on malformed files: one typed error line per bad path on stderr, exit status 3, never
 "unexpected" or a traceback, and ``--json`` lines that are strict JSON (no NaN/Infinity) with the notes."""
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def _bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def test_every_malformed_file_gets_one_typed_line_and_exit_2(tmp_path, monkeypatch) -> None:
+def test_every_malformed_file_gets_one_typed_line_and_exit_3(tmp_path, monkeypatch) -> None:
     bad = _bad_files(tmp_path)
     good = pydicom_file("MR_small.dcm")
     args = [str(p) for p, _ in bad[:3]] + [str(good)] + [str(p) for p, _ in bad[3:]]
     result = runner.invoke(app, ["inspect", "--json", *args])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     errors = result.stderr.splitlines()
     assert len(errors) == len(bad), result.stderr
     for line, (path, needle) in zip(errors, bad, strict=True):
@@ -59,7 +59,7 @@ def test_memory_error_inside_pydicom_is_one_line(monkeypatch) -> None:
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_memory))
     path = pydicom_file("CT_small.dcm")
     result = runner.invoke(app, ["inspect", str(path)])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr.splitlines() == [
         f"error: {path}: ran out of memory while decoding (7FE0,0010) PixelData: the image is larger than this "
         "machine can hold; lower --max-voxels to refuse such files before decoding"
@@ -75,7 +75,7 @@ def test_an_error_inside_summarise_is_typed_too(monkeypatch) -> None:
     monkeypatch.setattr(mio, "summarise", broken)
     path = pydicom_file("CT_small.dcm")
     result = runner.invoke(app, ["inspect", str(path)])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr.splitlines() == [
         f"error: {path}: inspecting the image failed (ValueError: boom); re-export or re-copy the file"
     ]
@@ -120,7 +120,7 @@ def test_console_script_prints_one_line_per_file_without_traceback(tmp_path) -> 
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == len(files), proc.stderr

@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from medvision.cli import app
 from medvision.errors import ConfigError, WeightsError
 from medvision.models import create_model, registry
-from medvision.models.cli import app
 from medvision.models.registry import BackboneSpec, get_spec
 from medvision.models.weights import (
     adapt_input_conv,
@@ -226,11 +226,11 @@ def test_cli_import_and_list(tmp_path: Path, offline_hub: Path, monkeypatch: pyt
     spec = patch_spec_prefix(monkeypatch, "resnet18", file)
     runner = CliRunner()
 
-    result = runner.invoke(app, ["import", str(file), "--arch", "resnet18"])
+    result = runner.invoke(app, ["weights", "import", str(file), "--arch", "resnet18"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(offline_hub / spec.weights_file)
 
-    result = runner.invoke(app, ["list"])
+    result = runner.invoke(app, ["weights", "list"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["backbone", "weights", "file", "cached"]
@@ -241,21 +241,21 @@ def test_cli_import_and_list(tmp_path: Path, offline_hub: Path, monkeypatch: pyt
     assert lines[-1] == f"cache folder: {offline_hub}"
 
 
-def test_cli_import_mismatch_exits_2(tmp_path: Path) -> None:
+def test_cli_import_mismatch_exits_3(tmp_path: Path) -> None:
     file = tmp_path / "downloaded.pth"
     torch.save(random_state("resnet18"), file)
     actual = hashlib.sha256(file.read_bytes()).hexdigest()[:8]
-    result = CliRunner().invoke(app, ["import", str(file), "--arch", "resnet18"])
-    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["weights", "import", str(file), "--arch", "resnet18"])
+    assert result.exit_code == 3
     assert result.stdout == ""
     assert result.stderr.startswith("error: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "f37072fd" in result.stderr and actual in result.stderr
 
 
-def test_cli_unknown_arch_exits_2(tmp_path: Path) -> None:
+def test_cli_unknown_arch_exits_3(tmp_path: Path) -> None:
     file = tmp_path / "x.pth"
     file.write_bytes(b"x")
-    result = CliRunner().invoke(app, ["import", str(file), "--arch", "vgg16"])
-    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["weights", "import", str(file), "--arch", "vgg16"])
+    assert result.exit_code == 3
     assert result.stderr.startswith("error: model.backbone: unknown backbone 'vgg16'")

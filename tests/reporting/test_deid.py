@@ -200,13 +200,8 @@ def test_stamp_records_the_profile_and_options_only_when_shareable() -> None:
 
 
 def _report_app():
-    import typer
+    from medvision.cli import app
 
-    from medvision.cli_report import report
-
-    app = typer.Typer()
-    app.command()(report)
-    app.command("other")(lambda: None)  # two commands: typer keeps "report" as a sub-command name
     return app
 
 
@@ -220,8 +215,9 @@ def test_cli_options_need_deidentify_and_the_config_sets_them(
 
     args = ["report", "--input", str(mixed.root), "--tracking-uri", registered_classifier, "--no-progress"]
     result = CliRunner().invoke(_report_app(), [*args, "--out", str(tmp_path / "a"), "--clean-descriptors"])
-    said = " ".join(result.output.replace("│", " ").split())  # typer draws the error in a box
-    assert result.exit_code == 2 and "--clean-descriptors only applies with --deidentify" in said, said
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Usage: medvision report" in said, said
+    assert "--clean-descriptors only applies with --deidentify" in said, said
     assert not (tmp_path / "a").exists()
 
     config = Path(__file__).resolve().parents[2] / "configs" / "report_deidentified.yaml"

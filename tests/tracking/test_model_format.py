@@ -241,7 +241,7 @@ def test_the_cli_refuses_a_pickle_payload(
         (tmp_path / "data.csv").write_text("image,label\n")
         args = ["evaluate", "--model", uri, "--data", str(tmp_path / "data.csv")]
     code, err = _cli(monkeypatch, capsys, *args)
-    assert code == 2, err
+    assert code == 3, err
     last = err.strip().splitlines()[-1]  # after MLflow's download bar, if any
     name = uri.split("/")[1].split("@")[0]  # the report pins the alias to its version first
     assert last.startswith(f"error: models:/{name}") and REFUSED in last and "medvision train" in last, err

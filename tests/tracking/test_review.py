@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from medvision.cli_runs import app
+from medvision.cli import app
 from medvision.config import load_config
 from medvision.engine import train_classification
 from medvision.errors import TrackingError
@@ -211,13 +211,13 @@ def test_cli_compare_json_gives_the_same_numbers(store) -> None:
     uri, results = store
     run_a, run_b = results[0].run_id, results[1].run_id
     expected = review.compare_runs(uri, run_a, run_b, n_bootstraps=300, seed=3)
-    args = ["compare", run_a, run_b, "--uri", uri, "--bootstrap", "300", "--seed", "3", "--json"]
+    args = ["runs", "compare", run_a, run_b, "--tracking-uri", uri, "--bootstrap", "300", "--seed", "3", "--json"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     got = json.loads(out.stdout)
     for key in ("auroc_a", "auroc_b", "auroc_diff", "ci_low", "ci_high", "p_value", "bootstrap_p_value", "n"):
         assert got[key] == expected[key], key
-    text = CliRunner().invoke(app, ["compare", run_a, run_b, "--uri", uri, "--bootstrap", "300"])
+    text = CliRunner().invoke(app, ["runs", "compare", run_a, run_b, "--tracking-uri", uri, "--bootstrap", "300"])
     assert text.exit_code == 0 and "DeLong p" in text.stdout and run_a in text.stdout
 
 
@@ -245,8 +245,8 @@ def test_compare_refuses_other_data_other_salt_and_missing_predictions(store, tm
     with fake_run(uri, tags={}, predictions=None, tmp=tmp_path) as empty:
         with pytest.raises(TrackingError, match=rf"run {empty}: has no evidence/predictions.csv"):
             review.load_predictions(uri, empty)
-        out = CliRunner().invoke(app, ["compare", run_a, empty, "--uri", uri])
-        assert out.exit_code == 2 and out.stderr.startswith("error: run ") and empty in out.stderr
+        out = CliRunner().invoke(app, ["runs", "compare", run_a, empty, "--tracking-uri", uri])
+        assert out.exit_code == 3 and out.stderr.startswith("error: run ") and empty in out.stderr
 
 
 # ---------------------------------------------------------------------------------------------- promote
@@ -258,8 +258,10 @@ def test_promote_refuses_a_version_without_test_metrics(store) -> None:
     for force in (False, True):
         with pytest.raises(TrackingError, match="has no test_auroc metric"):
             review.promote(uri, MODEL, version, force=force)
-    out = CliRunner().invoke(app, ["promote", MODEL, str(version), "--alias", "champion", "--uri", uri])
-    assert out.exit_code == 2 and "has no test_auroc" in out.stderr
+    out = CliRunner().invoke(
+        app, ["runs", "promote", MODEL, str(version), "--alias", "champion", "--tracking-uri", uri]
+    )
+    assert out.exit_code == 3 and "has no test_auroc" in out.stderr
     with pytest.raises(TrackingError, match="no such model version"):
         review.promote(uri, MODEL, 99)
 
@@ -278,11 +280,13 @@ def test_promote_moves_the_alias_and_refuses_a_worse_version_unless_forced(store
     assert first["version"] == best and first["alias"] == "champion" and first["test_auroc"] == best_auroc
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == best
 
-    out = CliRunner().invoke(app, ["promote", MODEL, str(worse), "--alias", "champion", "--uri", uri])
-    assert out.exit_code == 2 and "is worse than that of the current champion" in out.stderr
+    out = CliRunner().invoke(app, ["runs", "promote", MODEL, str(worse), "--alias", "champion", "--tracking-uri", uri])
+    assert out.exit_code == 3 and "is worse than that of the current champion" in out.stderr
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == best
 
-    out = CliRunner().invoke(app, ["promote", MODEL, str(worse), "--alias", "champion", "--force", "--uri", uri])
+    out = CliRunner().invoke(
+        app, ["runs", "promote", MODEL, str(worse), "--alias", "champion", "--force", "--tracking-uri", uri]
+    )
     assert out.exit_code == 0, out.output
     assert f"-> version {worse} (was version {best})" in out.stdout
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == worse
@@ -300,23 +304,23 @@ def test_promote_moves_the_alias_and_refuses_a_worse_version_unless_forced(store
 def test_cli_list_and_show(store) -> None:
     uri, results = store
     runner = CliRunner()
-    out = runner.invoke(app, ["list", "--experiment", EXPERIMENT, "--uri", uri, "--json"])
+    out = runner.invoke(app, ["runs", "list", "--experiment", EXPERIMENT, "--tracking-uri", uri, "--json"])
     assert out.exit_code == 0, out.output
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert {r["run_id"] for r in rows} == {r.run_id for r in results}
     assert {r["run_id"]: r["test_auroc"] for r in rows} == {r.run_id: r.metrics["test_auroc"] for r in results}
 
-    out = runner.invoke(app, ["list", "--experiment", EXPERIMENT, "--uri", uri])
+    out = runner.invoke(app, ["runs", "list", "--experiment", EXPERIMENT, "--tracking-uri", uri])
     assert out.exit_code == 0 and "AUROC [95% CI]" in out.stdout
     assert "resnet18-0" in out.stdout and "resnet18-2" in out.stdout and f"{MODEL} v1" in out.stdout
 
-    out = runner.invoke(app, ["show", results[1].run_id, "--uri", uri, "--json"])
+    out = runner.invoke(app, ["runs", "show", results[1].run_id, "--tracking-uri", uri, "--json"])
     assert out.exit_code == 0
     info = json.loads(out.stdout)
     assert info["run_id"] == results[1].run_id and info["params"]["model.drop_rate"] == "0.3"
-    out = runner.invoke(app, ["show", results[1].run_id, "--uri", uri])
+    out = runner.invoke(app, ["runs", "show", results[1].run_id, "--tracking-uri", uri])
     assert out.exit_code == 0 and "evidence/predictions.csv" in out.stdout and "test_auroc = " in out.stdout
 
-    out = runner.invoke(app, ["list", "--experiment", "nope", "--uri", uri])
-    assert out.exit_code == 2 and out.stderr.startswith("error: experiment 'nope': there is no such experiment")
+    out = runner.invoke(app, ["runs", "list", "--experiment", "nope", "--tracking-uri", uri])
+    assert out.exit_code == 3 and out.stderr.startswith("error: experiment 'nope': there is no such experiment")
     assert len(out.stderr.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from medvision.tracking.store import (
     artifact_location_for,
     ensure_tracking_available,
     redact_uri,
+    require_existing_store,
     resolve_tracking_uri,
     sqlite_path,
 )
@@ -87,6 +88,41 @@ def test_sqlite_parent_is_created(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/a/b/mlflow.db"
     assert ensure_tracking_available(uri) == (uri, None)
     assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_reading_needs_an_existing_store_and_creates_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: `runs list` and `evaluate` turned a missing or empty SQLite file into an MLflow store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "files").mkdir()
+    refused = {
+        None: "there is no tracking store at",  # ./mlflow.db
+        "sqlite:///sub/none.db": "there is no tracking store at",
+        f"sqlite:///{empty}": "is an empty file, not an MLflow database",
+        "sqlite:///folder.db": "is a folder, not an SQLite file",
+        str(tmp_path / "nothing"): "there is no tracking store at",
+        str(tmp_path / "files"): "is empty",
+        str(empty): "is a file, not a folder (an SQLite store is written sqlite:///PATH)",
+    }
+    for uri, said in refused.items():
+        with pytest.raises(TrackingError, match="train a model first") as info:
+            require_existing_store(uri)
+        assert info.value.where == "tracking.uri" and said in info.value.reason, (uri, info.value.reason)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "files", "folder.db"]
+    assert empty.stat().st_size == 0
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    with pytest.raises(TrackingError, match="from-env.db"):
+        require_existing_store(None)
+    database = tmp_path / "real.db"
+    database.write_bytes(b"SQLite format 3\x00")
+    assert require_existing_store("sqlite:///real.db") == f"sqlite:///{database.resolve()}"
+    (tmp_path / "files" / "0").mkdir()
+    assert require_existing_store(str(tmp_path / "files")) == (tmp_path / "files").resolve().as_uri()
+    assert require_existing_store("http://127.0.0.1:1") == "http://127.0.0.1:1"  # servers: MLflow's business
 
 
 def test_closed_port_required_raises_quickly(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 The command parses its options and calls :func:`medvision.reporting.batch.run_report`; it holds no
 logic. Errors are :class:`~medvision.errors.MedvisionError` and become one line on stderr with exit
-status 2 (``medvision --debug report ...`` shows the traceback); Ctrl-C stops cleanly with status 130.
+status 3 (``medvision --debug report ...`` shows the traceback); Ctrl-C stops cleanly with status 130.
+A tracking store that does not exist is refused (status 3), never created.
 
 The de-identification salt of ``--deidentify`` comes from ``$MEDVISION_REPORT_SALT`` when set (the same
 salt gives the same pseudonyms and lets a re-run reuse its studies); otherwise a new random one is
@@ -16,11 +17,16 @@ from pathlib import Path
 
 import typer
 
+from medvision.cli._common import TrackingUri, given_on_command_line
+
+__all__ = ["SALT_ENV", "report"]
+
 #: Environment variable holding the de-identification salt.
 SALT_ENV = "MEDVISION_REPORT_SALT"
 
 
 def report(
+    ctx: typer.Context,
     input_dir: Path = typer.Option(..., "--input", help="Folder of studies: DICOM files and series, NIfTI volumes."),
     out: Path = typer.Option(..., "--out", help="Report folder (replaced when it holds an earlier report)."),
     config: Path | None = typer.Option(
@@ -62,15 +68,13 @@ def report(
     image_format: str | None = typer.Option(
         None, "--image-format", help="png (default, lossless) or jpeg (a report about five times smaller and faster)."
     ),
-    tracking_uri: str | None = typer.Option(
-        None, "--tracking-uri", help="MLflow store of the models (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
-    ),
     secondary_capture: bool | None = typer.Option(
         None,
         "--secondary-capture/--no-secondary-capture",
         help="Also file each DICOM study's key picture (overlay or key slice) into its study as a DICOM Secondary"
         " Capture (sc/<key>.dcm).",
     ),
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Write a prioritised report (HTML, PDF, CSV, JSON, DICOM SR, optionally DICOM Secondary Capture) of every
     study below --input."""
@@ -88,7 +92,11 @@ def report(
         "tracking_uri": tracking_uri,
         "secondary_capture": secondary_capture,
     }
+    if not given_on_command_line(ctx, "tracking_uri"):
+        given["tracking_uri"] = None  # $MLFLOW_TRACKING_URI comes after the config's tracking_uri
     settings = {key: value if value is not None else getattr(cfg, key) for key, value in given.items()}
+    if settings["tracking_uri"] is None:
+        settings["tracking_uri"] = tracking_uri
     deid = cfg.deidentify
     options = {
         "retain_dates": retain_dates,

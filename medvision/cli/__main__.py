@@ -1,0 +1,5 @@
+"""``python -m medvision.cli ...`` (and ``torchrun --module medvision.cli ...``): the ``medvision`` command."""
+
+from medvision.cli import main
+
+main()
