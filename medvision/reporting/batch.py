@@ -1081,7 +1081,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _progress_bar(
-    total: int | None, enabled: bool, *, desc: str = "report", unit: str = "scan", leave: bool = True
+    total: int | None, enabled: bool, *, desc: str = "report", unit: str = " scans", leave: bool = True
 ) -> Any:
     from tqdm import tqdm
 
@@ -1206,7 +1206,8 @@ def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, st
 
     classifier, classifier_uri, detector, detector_uri, tracking_uri = models
 
-    reading = _progress_bar(None, progress, desc="reading headers", unit="file", leave=False)
+    # tqdm writes the count and the unit together: " files" reads "120 files [00:01, 95 files/s]", not "120file".
+    reading = _progress_bar(None, progress, desc="reading headers", unit=" files", leave=False)
     try:
         found: Discovery = discover(run.root, exclude=[out, run.tmp], progress=lambda n: reading.update(n - reading.n))
     finally:
