@@ -88,7 +88,8 @@ def train(
             result = train_classification(cfg, resume=resume, progress=progress, config_path=config)
     if result.run_id is not None:
         typer.echo(
-            f"run {result.run_id}  model {result.model_uri or '(not registered)'}  weights {result.weights_source}"
+            f"run {result.run_id}  model {result.model_uri or '(not registered)'}"
+            f"  weights {str(result.weights_source).split(' (', 1)[0]}"  # a random-init reason was said above
         )
         uri = result.tracking_uri or "sqlite:///mlflow.db"
         browse = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"

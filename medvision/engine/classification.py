@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,7 +331,7 @@ def train_classification(
         transform_digest,
     )
     from medvision.data.augment import BatchAugment
-    from medvision.models import create_model
+    from medvision.models import RandomInitWarning, create_model
     from medvision.tracking import (
         PhiGuard,
         RunTracker,
@@ -363,17 +364,20 @@ def train_classification(
         summary = split_summary(splits)
         balance = class_balance(splits["train"])
 
-        # 3. Model, with its weights source logged and tagged.
-        model = create_model(
-            cfg.model.backbone,
-            weights=cfg.model.weights,
-            in_channels=cfg.model.in_channels,
-            num_classes=1,
-            first_conv=cfg.model.first_conv,
-            drop_rate=cfg.model.drop_rate,
-            allow_random_fallback=cfg.model.allow_random_fallback,
-            progress=ctx.is_main,
-        )
+        # 3. Model, with its weights source logged and tagged. A random initialisation is said once, as the
+        # warning below with its reason (create_model's RandomInitWarning would say it again with a source line).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomInitWarning)
+            model = create_model(
+                cfg.model.backbone,
+                weights=cfg.model.weights,
+                in_channels=cfg.model.in_channels,
+                num_classes=1,
+                first_conv=cfg.model.first_conv,
+                drop_rate=cfg.model.drop_rate,
+                allow_random_fallback=cfg.model.allow_random_fallback,
+                progress=ctx.is_main,
+            )
         weights_source = model.weights_source
         if ctx.is_main and weights_source.startswith("random-init"):
             log.warning("weights are a RANDOM INITIALISATION, not ImageNet (%s); tagged weights_source", weights_source)

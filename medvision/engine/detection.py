@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ def train_detection(
     from medvision.data.detection import check_volumes, load_detection_datalist, resolve_sequences, sequence_names
     from medvision.data.slices import epoch_slices
     from medvision.data.transforms import MedvisionCompose
+    from medvision.models import RandomInitWarning
     from medvision.models.detector import create_detector
     from medvision.tracking import PhiGuard, RunTracker, ensure_tracking_available, resolve_tracking_uri
 
@@ -254,20 +256,23 @@ def train_detection(
             n = sequences.count * (2 * cfg.model.context + 1)
             mean = [float(np.mean(spec.mean))] * n
             std = [float(np.mean(spec.std))] * n
-        model = create_detector(
-            cfg.model.backbone,
-            weights=cfg.model.weights,
-            allow_random_fallback=cfg.model.allow_random_fallback,
-            context=cfg.model.context,
-            sequences=sequences.count,
-            fpn_channels=cfg.model.fpn_channels,
-            anchor_sizes=cfg.model.anchor_sizes,
-            min_level=cfg.model.min_level,
-            upsample=cfg.model.upsample,
-            slice_shape=slice_shape,
-            image_mean=mean,
-            image_std=std,
-        )
+        # A random initialisation is said once, as the warning below with its reason.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomInitWarning)
+            model = create_detector(
+                cfg.model.backbone,
+                weights=cfg.model.weights,
+                allow_random_fallback=cfg.model.allow_random_fallback,
+                context=cfg.model.context,
+                sequences=sequences.count,
+                fpn_channels=cfg.model.fpn_channels,
+                anchor_sizes=cfg.model.anchor_sizes,
+                min_level=cfg.model.min_level,
+                upsample=cfg.model.upsample,
+                slice_shape=slice_shape,
+                image_mean=mean,
+                image_std=std,
+            )
         weights_source = model.weights_source
         if weights_source.startswith("random-init"):
             log.warning("weights are a RANDOM INITIALISATION, not ImageNet (%s); tagged weights_source", weights_source)

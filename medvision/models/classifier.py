@@ -436,5 +436,7 @@ def create_model(
             ),
             fix="create the model with the backbone, in_channels, num_classes and first_conv it was trained with",
         )
-    logger.info("Created %s (in_channels=%d, num_classes=%d), weights: %s", name, in_channels, num_classes, source)
+    # The reason of a random initialisation is in the RandomInitWarning (or the trainer's warning): said once.
+    short = source.split(" (", 1)[0]
+    logger.info("Created %s (in_channels=%d, num_classes=%d), weights: %s", name, in_channels, num_classes, short)
     return model

@@ -289,6 +289,6 @@ def create_detector(
         backbone,
         sequences,
         2 * context + 1,
-        model.weights_source,
+        model.weights_source.split(" (", 1)[0],  # a random initialisation's reason is said once, elsewhere
     )
     return model
