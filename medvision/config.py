@@ -293,15 +293,30 @@ def parse_config(
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
-        errors = exc.errors()
-        parts = []
-        for err in errors:
-            key, reason = _format_error(err)
-            if err["type"] == "extra_forbidden":
-                allowed = _allowed_keys(ExperimentConfig, tuple(err["loc"]))
-                reason += f" (allowed here: {allowed})" if allowed else ""
-            parts.append(f"{key}: {reason}")
-        raise ConfigError(source, "; ".join(parts), "fix the key or value in the YAML or the --set override") from None
+        message = _validation_message(ExperimentConfig, exc)
+        raise ConfigError(source, message, "fix the key or value in the YAML or the --set override") from None
+
+
+def _read_yaml(path: Path, what: str, example: str) -> Any:
+    """The YAML tree of ``path``; a missing file or bad YAML is a ConfigError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(path, f"{what} not found", f"pass a YAML file such as {example}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"not valid YAML ({' '.join(str(exc).split())})", "fix the YAML syntax") from None
+
+
+def _validation_message(model: type[BaseModel], exc: ValidationError) -> str:
+    """Each bad key of a pydantic error with its reason, and the allowed keys for an unknown one."""
+    parts = []
+    for err in exc.errors():
+        key, reason = _format_error(err)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, tuple(err["loc"]))
+            reason += f" (allowed here: {allowed})" if allowed else ""
+        parts.append(f"{key}: {reason}")
+    return "; ".join(parts)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -311,14 +326,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         ConfigError: naming the file, each bad key and what is allowed.
     """
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(
-            path, "config file not found", "pass a YAML file such as configs/pneumonia_demo.yaml"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"not valid YAML ({' '.join(str(exc).split())})", "fix the YAML syntax") from None
+    tree = _read_yaml(path, "config file", "configs/pneumonia_demo.yaml")
     return parse_config(tree, overrides=overrides, source=str(path))
 
 
@@ -360,24 +368,10 @@ def load_report_config(path: str | Path) -> ReportConfig:
         ConfigError: a missing file, bad YAML, an unknown key or a bad value.
     """
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(
-            path, "report config not found", "pass a YAML file such as configs/report_deidentified.yaml"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"not valid YAML ({' '.join(str(exc).split())})", "fix the YAML syntax") from None
+    tree = _read_yaml(path, "report config", "configs/report_deidentified.yaml")
     if not isinstance(tree, dict):
         raise ConfigError(path, "the report config must be a YAML mapping", "see configs/report_deidentified.yaml")
     try:
         return ReportConfig.model_validate(tree)
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            key, reason = _format_error(err)
-            if err["type"] == "extra_forbidden":
-                allowed = _allowed_keys(ReportConfig, tuple(err["loc"]))
-                reason += f" (allowed here: {allowed})" if allowed else ""
-            parts.append(f"{key}: {reason}")
-        raise ConfigError(path, "; ".join(parts), "fix the key or value in the YAML") from None
+        raise ConfigError(path, _validation_message(ReportConfig, exc), "fix the key or value in the YAML") from None

@@ -23,7 +23,6 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +330,8 @@ def train_classification(
         transform_digest,
     )
     from medvision.data.augment import BatchAugment
-    from medvision.models import RandomInitWarning, create_model
+    from medvision.models import create_model
+    from medvision.models.classifier import random_init_said_by_caller
     from medvision.tracking import (
         PhiGuard,
         RunTracker,
@@ -366,8 +366,7 @@ def train_classification(
 
         # 3. Model, with its weights source logged and tagged. A random initialisation is said once, as the
         # warning below with its reason (create_model's RandomInitWarning would say it again with a source line).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RandomInitWarning)
+        with random_init_said_by_caller():
             model = create_model(
                 cfg.model.backbone,
                 weights=cfg.model.weights,

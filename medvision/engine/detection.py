@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,7 @@ def train_detection(
     from medvision.data.detection import check_volumes, load_detection_datalist, resolve_sequences, sequence_names
     from medvision.data.slices import epoch_slices
     from medvision.data.transforms import MedvisionCompose
-    from medvision.models import RandomInitWarning
+    from medvision.models.classifier import random_init_said_by_caller
     from medvision.models.detector import create_detector
     from medvision.tracking import PhiGuard, RunTracker, ensure_tracking_available, resolve_tracking_uri
 
@@ -257,8 +256,7 @@ def train_detection(
             mean = [float(np.mean(spec.mean))] * n
             std = [float(np.mean(spec.std))] * n
         # A random initialisation is said once, as the warning below with its reason.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RandomInitWarning)
+        with random_init_said_by_caller():
             model = create_detector(
                 cfg.model.backbone,
                 weights=cfg.model.weights,

@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -38,7 +40,7 @@ from medvision.models.weights import (
     strip_classifier,
 )
 
-__all__ = ["Classifier", "FirstConv", "RandomInitWarning", "create_model"]
+__all__ = ["Classifier", "FirstConv", "RandomInitWarning", "create_model", "random_init_said_by_caller"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,15 @@ FirstConv = Literal["sum", "replicate"]
 
 _MLFLOW_SCHEMES = ("models:/", "runs:/")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+@contextlib.contextmanager
+def random_init_said_by_caller() -> Iterator[None]:
+    """Silence :class:`RandomInitWarning` inside the block: for a caller (a trainer) that says the fallback itself,
+    once, with its reason (``model.weights_source``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomInitWarning)
+        yield
 
 
 class RandomInitWarning(UserWarning):
