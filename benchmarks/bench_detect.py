@@ -36,14 +36,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from medvision.constants import BOX_LABELS, BOXES, IMAGE
-    from medvision.engine.detect import MERGE_DEFAULTS, DetectorBundle, detect_slices, load_detector, merge_slices
+    from medvision.engine.detect import DetectorBundle, detect_slices, load_detector, merge_slices
 
     device = torch.device(args.device)
     bundle = None
     if not args.untrained:
         try:
             bundle = load_detector(args.model, device=device, tracking_uri=args.tracking_uri)
-            print(f"model: {bundle.uri} ({bundle.metadata.get('backbone')})")
+            print(f"model: {bundle.uri} ({bundle.metadata.backbone})")
         except Exception as exc:  # no registered model yet: time an untrained one
             print(f"no registered model ({exc}); timing an untrained {args.backbone}")
     if bundle is None:
@@ -65,7 +65,7 @@ def main() -> None:
     from monai.transforms import Compose
 
     rest = Compose(rest)
-    merge = {**MERGE_DEFAULTS, **dict(bundle.metadata.get("merge") or {})}
+    merge = bundle.merge
     times: dict[str, list[float]] = {"load": [], "preprocess": [], "network": [], "merge": []}
     n_slices = []
     for i, path in enumerate([paths[0], *paths]):  # the first volume warms up and is not counted

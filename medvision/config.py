@@ -140,7 +140,9 @@ class ModelConfig(_Strict):
 class EarlyStopConfig(_Strict):
     """Stop when the validation metric has not improved for ``patience`` epochs."""
 
-    metric: Literal["val_auroc", "val_cpm"] = "val_auroc"
+    #: The validation metric that picks the best epoch too: classification val_auroc (default) or val_loss,
+    #: detection val_cpm (default).
+    metric: Literal["val_auroc", "val_loss", "val_cpm"] = "val_auroc"
     patience: int = Field(3, ge=1)
 
 

@@ -70,7 +70,7 @@ def train(
     # (the config's tracking.uri wins over the environment, as before).
     if tracking_uri and given_on_command_line(ctx, "tracking_uri"):
         overrides = _with_tracking_uri(overrides, tracking_uri)
-    from medvision.engine import train_classification
+    from medvision.engine.loop import train as train_task
     from medvision.engine.reproduce import reproduce_run
 
     if from_run is not None:
@@ -80,12 +80,7 @@ def train(
         assert config is not None
         cfg = load_config(config, overrides)
         _setup_logging()
-        if cfg.task == "detection":
-            from medvision.engine.detection import train_detection
-
-            result = train_detection(cfg, resume=resume, progress=progress, config_path=config)
-        else:
-            result = train_classification(cfg, resume=resume, progress=progress, config_path=config)
+        result = train_task(cfg, resume=resume, progress=progress, config_path=config)
     if result.run_id is not None:
         typer.echo(
             f"run {result.run_id}  model {result.model_uri or '(not registered)'}"
@@ -162,7 +157,7 @@ def predict(
                 "version": prov.get("version"),
                 "run_id": prov.get("run_id"),
             },
-            "intended_use": bundle.metadata.get("intended_use"),
+            "intended_use": bundle.metadata.intended_use,
             "status": "draft: not for diagnostic use without review by a radiologist",
             "seconds": round(pred.timings.get("total_s", 0.0), 2),
         }

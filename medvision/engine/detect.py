@@ -34,6 +34,7 @@ from torch import Tensor
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
 from medvision.data.slices import foreground_slices, slice_stacks
 from medvision.errors import InputError
+from medvision.models.contract import DetectorMetadata, parse_metadata
 
 __all__ = [
     "MERGE_DEFAULTS",
@@ -194,10 +195,11 @@ def world_boxes(boxes: np.ndarray, affine: Any) -> np.ndarray:
 
 @dataclass
 class DetectorBundle:
-    """A registered detector ready for volumes: the network, its preprocessing and operating point."""
+    """A registered detector ready for volumes: the network, its contract (preprocessing, operating point,
+    intended use) and its provenance. ``report``, ``predict`` and ``evaluate`` all use it."""
 
     model: Any
-    metadata: dict[str, Any]
+    metadata: DetectorMetadata
     uri: str
     device: torch.device
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -206,54 +208,23 @@ class DetectorBundle:
     @property
     def threshold(self) -> float:
         """The score threshold registered with the model (chosen on validation at ``fp_rate`` FP/volume)."""
-        return float(self.metadata.get("threshold", 0.5))
+        return float(self.metadata.threshold)
+
+    @property
+    def merge(self) -> dict[str, Any]:
+        """The slice-to-3D merge settings registered with the model (defaults for what it lacks)."""
+        return {**MERGE_DEFAULTS, **self.metadata.merge}
 
     def transforms(self) -> Any:
         """The deterministic MONAI chain the model was trained behind (built once per bundle: it holds the
         readers, and ``predict_volume`` runs it for every volume of a batch)."""
-        from medvision.data.detection_transforms import detection_transforms
-
-        if self._chain is not None:
-            return self._chain
-        md = self.metadata
-        self._chain = detection_transforms(
-            spacing=tuple(md["spacing"]),
-            modality=md.get("modality", "MR"),
-            ct_window=tuple(md.get("ct_window", (-1000, 400))),
-            mr_percentiles=tuple(md.get("mr_percentiles", (1, 99))),
-            train=False,
-            **self.sequence_selection(),
-        )
+        if self._chain is None:
+            self._chain = self.metadata.transforms()
         return self._chain
 
     def sequence_selection(self) -> dict[str, Any]:
-        """The sequence options of :func:`~medvision.data.detection_transforms.detection_transforms` for this model.
-
-        A model records the channel count of its training volumes (``volume_channels``, with their names
-        ``volume_sequences``) and the channels it stacks (``channels``); a volume with another channel count is
-        refused with a :class:`~medvision.errors.SequenceError`. A model registered before sequences were
-        recorded takes the first channel, as it always did.
-        """
-        md = self.metadata
-        if "volume_channels" not in md:
-            return {"channels": [0]}
-        n = int(md["volume_channels"])
-        available = [str(v) for v in md.get("volume_sequences") or range(n)]
-        used = [str(v) for v in md.get("sequences") or available]
-        wanted = f"the model {self.uri} expects {n} sequence(s) ({', '.join(available)})"
-        if used != available:
-            wanted += f" and uses {', '.join(used)}"
-        fix = (
-            "give a 3D volume (one sequence)"
-            if n == 1
-            else f"give a 4D NIfTI (x, y, z, {n}) with the sequences {', '.join(available)} in this order"
-        )
-        return {
-            "channels": [int(c) for c in md.get("channels") or range(n)],
-            "expect_channels": n,
-            "sequences_wanted": wanted,
-            "sequences_fix": fix,
-        }
+        """The sequence options of the chain (``DetectorMetadata.sequence_selection``)."""
+        return self.metadata.sequence_selection(f"the model {self.uri}")
 
     def predict(self, path: str | os.PathLike[str]) -> VolumePrediction:
         """Same as :func:`predict_volume` (the batch report calls it)."""
@@ -290,11 +261,11 @@ def load_detector(uri: str, *, device: str | torch.device = "cpu", tracking_uri:
     from medvision.errors import TrackingError
     from medvision.tracking.models import load_model_with_metadata, model_provenance
 
-    module, metadata, pinned = load_model_with_metadata(uri, tracking_uri=tracking_uri)
-    if metadata.get("task") != "detection" or not hasattr(module, "detect"):
+    module, raw, pinned = load_model_with_metadata(uri, tracking_uri=tracking_uri)
+    if raw.get("task") != "detection" or not hasattr(module, "detect"):
         raise TrackingError(
             uri,
-            f"is a {metadata.get('task') or 'non-medvision'} model, not a tumour detector",
+            f"is a {raw.get('task') or 'non-medvision'} model, not a tumour detector",
             "pass a model registered by `medvision train` with task: detection (e.g. models:/tumor-detector@candidate)",
         )
     dev = torch.device(device)
@@ -304,7 +275,9 @@ def load_detector(uri: str, *, device: str | torch.device = "cpu", tracking_uri:
     except Exception as exc:  # provenance is for display; a registry hiccup must not stop inference
         log.warning("no provenance for %s: %s", pinned, exc)
         provenance = {"uri": pinned}
-    return DetectorBundle(module, dict(metadata), pinned, dev, provenance)
+    metadata = parse_metadata(raw, pinned)
+    assert isinstance(metadata, DetectorMetadata)
+    return DetectorBundle(module, metadata, pinned, dev, provenance)
 
 
 def predict_volume(bundle: DetectorBundle, path: str | os.PathLike[str]) -> VolumePrediction:
@@ -334,8 +307,7 @@ def predict_volume(bundle: DetectorBundle, path: str | os.PathLike[str]) -> Volu
     per_slice = detect_slices(bundle.model, image, device=bundle.device)
     timings["network_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    merge = {**MERGE_DEFAULTS, **dict(bundle.metadata.get("merge") or {})}
-    boxes, scores, keys = merge_slices(per_slice, **merge)
+    boxes, scores, keys = merge_slices(per_slice, **bundle.merge)
     affine = np.asarray(image.affine, dtype=np.float64)
     world = world_boxes(boxes, affine)
     timings["merge_s"] = time.perf_counter() - t2

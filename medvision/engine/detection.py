@@ -9,9 +9,8 @@ with a lesion and ``negatives_per_positive`` times as many without -> torchvisio
 3D boxes, :mod:`medvision.engine.detect`) -> the best checkpoint evaluated on test (FROC, CPM, mAP, size
 bands, volume AUROC; :mod:`medvision.metrics.detection`) -> evidence and model to MLflow.
 
-Why a plain loop rather than MONAI's ``SupervisedTrainer``: the same reasons as the classifier's
-(:mod:`medvision.engine.classification`): exact resume into the same MLflow run, per-epoch reseeding and
-queued MLflow delivery, plus here a per-epoch slice sampling that a fixed-length dataset does not express.
+The epochs, checkpoints, resume and early stopping are :mod:`medvision.engine.loop`'s (one loop for every
+task); this module is the detection task: its data, model, slice sampling, step, validation CPM and evidence.
 Detection trains in one process (no DDP yet: the volumes are few and the slice loop is cheap to restart).
 """
 
@@ -22,10 +21,9 @@ import json
 import logging
 import math
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,23 +31,13 @@ import torch
 import medvision
 from medvision.config import ExperimentConfig
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
-from medvision.engine.checkpoint import load_checkpoint, save_checkpoint
-from medvision.engine.classification import (
-    TrainingError,
-    TrainResult,
-    _hash_salt,
-    _make_optimizer,
-    _progress,
-    dataset_digest,
-    git_state,
-    log_run_start,
-    seed_everything,
-)
 from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
-from medvision.engine.distributed import cleanup, init_distributed
+from medvision.engine.distributed import DistContext
+from medvision.engine.loop import RunPaths, TrainResult, fit, hash_salt, progress_bar, register_task, resolve_weights
+from medvision.engine.provenance import dataset_digest, git_state
 from medvision.errors import ConfigError, DataError, MedvisionError
 
-__all__ = ["load_detector", "predict_volume", "train_detection"]
+__all__ = ["DetectionTask", "load_detector", "predict_volume", "train_detection"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +77,7 @@ def _preprocess(
     """Every item through the deterministic chain once; bad volumes listed together (or skipped)."""
     done: list[dict[str, Any]] = []
     bad: list[tuple[str, str]] = []
-    for item in _progress(items, total=len(items), desc=desc, enabled=progress):
+    for item in progress_bar(items, total=len(items), desc=desc, enabled=progress):
         sample = {
             IMAGE: item[IMAGE],
             BOXES: np.asarray(item.get(BOXES) or np.zeros((0, 6)), dtype=np.float32).reshape(-1, 6),
@@ -159,51 +147,32 @@ def _batch(
     return images, targets
 
 
-def train_detection(
-    cfg: ExperimentConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    config_path: str | os.PathLike[str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> TrainResult:
-    """Train, evaluate and register a tumour detector as described by ``cfg`` (module docstring).
+@register_task
+class DetectionTask:
+    """3D tumour detection with a 2.5D slice detector (``task: detection``); see the module docstring."""
 
-    Args:
-        cfg: the validated config (``task: detection``).
-        resume: continue from ``<output_dir>/<experiment>/checkpoints/last.pt`` into the same MLflow run.
-        progress: progress bars.
-        config_path: the YAML file (tagged).
-        tags: more tags for a new run.
-    """
-    from medvision.data import assign_splits, split_summary
-    from medvision.data.detection import check_volumes, load_detection_datalist, resolve_sequences, sequence_names
-    from medvision.data.slices import epoch_slices
-    from medvision.data.transforms import MedvisionCompose
-    from medvision.models.classifier import random_init_said_by_caller
-    from medvision.models.detector import create_detector
-    from medvision.tracking import PhiGuard, RunTracker, ensure_tracking_available, resolve_tracking_uri
+    name: ClassVar[str] = "detection"
+    metrics: ClassVar[Mapping[str, Literal["max", "min"]]] = {"val_cpm": "max"}
+    distributed: ClassVar[bool] = False  # the volumes are few and the slice loop is cheap to restart
+    channels_last: ClassVar[bool] = False
 
-    if cfg.data.format not in ("detection", "decathlon", "csv"):
-        raise ConfigError(
-            "data.format", f"{cfg.data.format!r} is a classification format", "use detection, decathlon or csv"
-        )
-    ctx = init_distributed(cfg.train.device)
-    try:
-        if ctx.distributed:
-            raise ConfigError("train", "detection trains in one process", "run `medvision train` without torchrun")
-        device = ctx.device
-        out_dir = Path(cfg.train.output_dir) / cfg.experiment
-        ckpt_dir = out_dir / "checkpoints"
-        last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        if cfg.data.format not in ("detection", "decathlon", "csv"):
+            raise ConfigError(
+                "data.format", f"{cfg.data.format!r} is a classification format", "use detection, decathlon or csv"
+            )
+        self.cfg = cfg
+        self.items: list[dict[str, Any]] = []
+        self.merge = dict(MERGE_DEFAULTS)
+        self.best_val_preds: list[dict[str, Any]] | None = None
+        self._val_preds: list[dict[str, Any]] | None = None
 
-        uri, fallback_warning = ensure_tracking_available(
-            resolve_tracking_uri(cfg.tracking.uri), required=cfg.tracking.required
-        )
-        if fallback_warning:
-            log.warning(fallback_warning)
+    def prepare(self, ctx: DistContext, *, progress: bool) -> None:
+        from medvision.data import assign_splits, split_summary
+        from medvision.data.detection import check_volumes, load_detection_datalist, resolve_sequences, sequence_names
+        from medvision.data.transforms import MedvisionCompose
 
-        seed_everything(cfg.train.seed)
+        cfg = self.cfg
         items = load_detection_datalist(cfg.data.format, cfg.data.path, min_voxels=cfg.data.volume.min_lesion_voxels)
         try:
             items, skipped = check_volumes(
@@ -217,6 +186,7 @@ def train_detection(
             log.warning("skipped %s: %s", name, reason)
         if not items:
             raise DataError(str(cfg.data.path), "no usable volume left", "fix the volumes listed above")
+        self.items = items
         sequences = resolve_sequences(items, cfg.data.volume.channels, sequence_names(cfg.data.format, cfg.data.path))
         if sequences.n_channels > 1 or sequences.channels is not None:
             log.info(
@@ -225,28 +195,34 @@ def train_detection(
                 sequences.n_channels,
                 ", ".join(sequences.available),
             )
+        self.sequences = sequences
         splits = assign_splits(
             items, by=cfg.data.split.by, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed
         )
         chain = _volume_chain(cfg, train=False, sequences=sequences)
         train_chain = _volume_chain(cfg, train=True, sequences=sequences)
-        augment = MedvisionCompose(train_chain.transforms[len(chain.transforms) :], log_stats=False)
-        prepared: dict[str, list[dict[str, Any]]] = {}
+        self.augment = MedvisionCompose(train_chain.transforms[len(chain.transforms) :], log_stats=False)
+        self.prepared: dict[str, list[dict[str, Any]]] = {}
         for name in ("train", "val", "test"):
-            prepared[name], bad = _preprocess(
+            self.prepared[name], bad = _preprocess(
                 splits[name], chain, skip_bad=cfg.data.skip_unreadable, progress=progress, desc=f"preparing {name}"
             )
             skipped += bad
         for name in ("train", "val"):
-            if not any(len(v["_boxes"]) for v in prepared[name]):
+            if not any(len(v["_boxes"]) for v in self.prepared[name]):
                 raise DataError(
                     str(cfg.data.path),
-                    f"the {name} split holds no lesion ({len(prepared[name])} volumes)",
+                    f"the {name} split holds no lesion ({len(self.prepared[name])} volumes)",
                     "use more volumes with lesions or change data.split",
                 )
-        summary = split_summary(splits)
-        slice_shape = _slice_shape(prepared["train"])
+        self.skipped = skipped
+        self.summary = split_summary(splits)
+        self.slice_shape = _slice_shape(self.prepared["train"])
 
+    def build_model(self, ctx: DistContext) -> torch.nn.Module:
+        from medvision.models.detector import create_detector
+
+        cfg, sequences = self.cfg, self.sequences
         mean = std = None
         if cfg.data.volume.modality == "CT":  # windowed to [0, 1]: ImageNet statistics apply
             from medvision.models import get_spec
@@ -255,212 +231,115 @@ def train_detection(
             n = sequences.count * (2 * cfg.model.context + 1)
             mean = [float(np.mean(spec.mean))] * n
             std = [float(np.mean(spec.std))] * n
-        # A random initialisation is said once, as the warning below with its reason.
-        with random_init_said_by_caller():
-            model = create_detector(
-                cfg.model.backbone,
-                weights=cfg.model.weights,
-                allow_random_fallback=cfg.model.allow_random_fallback,
-                context=cfg.model.context,
-                sequences=sequences.count,
-                fpn_channels=cfg.model.fpn_channels,
-                anchor_sizes=cfg.model.anchor_sizes,
-                min_level=cfg.model.min_level,
-                upsample=cfg.model.upsample,
-                slice_shape=slice_shape,
-                image_mean=mean,
-                image_std=std,
-            )
-        weights_source = model.weights_source
-        if weights_source.startswith("random-init"):
-            log.warning("weights are a RANDOM INITIALISATION, not ImageNet (%s); tagged weights_source", weights_source)
+        self.device = ctx.device
+        return create_detector(
+            cfg.model.backbone,
+            weights=resolve_weights(cfg.model.weights),
+            allow_random_fallback=cfg.model.allow_random_fallback,
+            context=cfg.model.context,
+            sequences=sequences.count,
+            fpn_channels=cfg.model.fpn_channels,
+            anchor_sizes=cfg.model.anchor_sizes,
+            min_level=cfg.model.min_level,
+            upsample=cfg.model.upsample,
+            slice_shape=self.slice_shape,
+            image_mean=mean,
+            image_std=std,
+        )
+
+    def parameters(self, net: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
+        return [p for p in net.parameters() if p.requires_grad]
+
+    def run_name(self) -> str:
+        return f"{self.cfg.model.backbone}-detector-{self.cfg.train.seed}"
+
+    def run_start(self) -> dict[str, Any]:
+        return {
+            "environment": {
+                "splits": self.summary,
+                "slice_shape": list(self.slice_shape),
+                "sequences": self.sequences.names,
+                "skipped_volumes": [reason for _, reason in self.skipped],
+            },
+            "skipped": ("skipped_volumes", len(self.skipped)),
+        }
+
+    def begin_epoch(self, epoch: int, epoch_seed: int, ctx: DistContext) -> tuple[Iterable[Any], int]:
+        from medvision.data.slices import epoch_slices
+
+        cfg = self.cfg
+        self.rng = np.random.default_rng(epoch_seed)
+        self.augment.set_random_state(seed=epoch_seed % 2**32)
+        volumes = self.prepared["train"]
+        if cfg.data.volume.augment:
+            self.vols = []
+            for v in volumes:
+                out = self.augment({IMAGE: v["_image"], BOXES: v["_boxes"], BOX_LABELS: torch.zeros(len(v["_boxes"]))})
+                self.vols.append((out[IMAGE], torch.as_tensor(out[BOXES]).float().reshape(-1, 6)))
         else:
-            log.info("weights source: %s", weights_source)
-        model.to(device)
-        optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-            if cfg.train.scheduler == "cosine"
-            else None
+            self.vols = [(v["_image"], v["_boxes"]) for v in volumes]
+        samples = epoch_slices(self.vols, negatives_per_positive=cfg.data.volume.negatives_per_positive, rng=self.rng)
+        self.n_samples = len(samples)
+        bs = cfg.train.batch_size
+        batches = [samples[i : i + bs] for i in range(0, len(samples), bs)]
+        if cfg.train.max_batches_per_epoch is not None:
+            batches = batches[: cfg.train.max_batches_per_epoch]
+        return batches, len(batches)
+
+    def step(
+        self, net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer, ctx: DistContext
+    ) -> dict[str, float]:
+        images, targets = _batch(
+            self.vols, batch, net.context, ctx.device, crop=self.cfg.data.volume.train_crop, rng=self.rng
         )
-        start_epoch, best_cpm, bad_epochs, run_id = 0, -math.inf, 0, None
-        best_val_preds: list[dict[str, Any]] | None = None
-        have_best = resume and best_path.exists()
-        if resume:
-            state = load_checkpoint(last_path)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-            start_epoch, best_cpm = int(state["epoch"]) + 1, float(state["best_metric"])
-            bad_epochs, run_id = int(state["bad_epochs"]), state.get("run_id") or None
-            log.info("resuming at epoch %d from %s (MLflow run %s)", start_epoch + 1, last_path, run_id)
+        parts = net.loss(images, targets)
+        loss = sum(parts.values())
+        if not torch.isfinite(loss):
+            return {"loss": float("nan")}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+        optimizer.step()
+        return {
+            "loss": float(loss.detach()),
+            "classification": float(parts["classification"].detach()),
+            "box": float(parts["bbox_regression"].detach()),
+        }
 
-        merge = dict(MERGE_DEFAULTS)
-        iou = cfg.evaluate.iou_threshold
-        tracker: Any = RunTracker(
-            uri,
-            cfg.experiment,
-            run_id=run_id,
-            run_name=f"{cfg.model.backbone}-detector-{cfg.train.seed}",
-            phi_guard=PhiGuard.from_items(items),
-            delivery_wait_s=cfg.tracking.delivery_wait_s,
-            local_dir=out_dir,
-            recovery_hint=f"once the server is back, `medvision train CONFIG --resume` continues from {last_path}",
-        )
-        with tracker:
-            run_id = tracker.run_id
-            digest = dataset_digest(items)
-            if not resume:
-                log_run_start(
-                    tracker,
-                    cfg,
-                    weights_source=weights_source,
-                    digest=digest,
-                    device=device,
-                    environment={
-                        "splits": summary,
-                        "slice_shape": list(slice_shape),
-                        "sequences": sequences.names,
-                        "skipped_volumes": [reason for _, reason in skipped],
-                    },
-                    config_path=config_path,
-                    tags=tags,
-                    fallback_warning=fallback_warning,
-                    skipped=("skipped_volumes", len(skipped)),
-                )
+    def epoch_extra(self) -> tuple[dict[str, float], str]:
+        return {"train_slices": float(self.n_samples)}, f"{self.n_samples} slices"
 
-            epochs_run = start_epoch
-            volumes_train = prepared["train"]
-            for epoch in range(start_epoch, cfg.train.epochs):
-                epoch_start = time.perf_counter()
-                epoch_seed = cfg.train.seed * 10_007 + epoch
-                torch.manual_seed(epoch_seed)
-                np.random.seed(epoch_seed % 2**32)
-                rng = np.random.default_rng(epoch_seed)
-                augment.set_random_state(seed=epoch_seed % 2**32)
-                if cfg.data.volume.augment:
-                    vols = []
-                    for v in volumes_train:
-                        out = augment(
-                            {IMAGE: v["_image"], BOXES: v["_boxes"], BOX_LABELS: torch.zeros(len(v["_boxes"]))}
-                        )
-                        vols.append((out[IMAGE], torch.as_tensor(out[BOXES]).float().reshape(-1, 6)))
-                else:
-                    vols = [(v["_image"], v["_boxes"]) for v in volumes_train]
-                samples = epoch_slices(vols, negatives_per_positive=cfg.data.volume.negatives_per_positive, rng=rng)
-                bs = cfg.train.batch_size
-                batches = [samples[i : i + bs] for i in range(0, len(samples), bs)]
-                if cfg.train.max_batches_per_epoch is not None:
-                    batches = batches[: cfg.train.max_batches_per_epoch]
-                model.train()
-                frozen = epoch < cfg.train.warmup_frozen_epochs
-                model.freeze_backbone(frozen)
-                losses, cls_losses, box_losses = [], [], []
-                for step, chunk in enumerate(
-                    _progress(
-                        batches, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=progress
-                    )
-                ):
-                    images, targets = _batch(
-                        vols, chunk, model.context, device, crop=cfg.data.volume.train_crop, rng=rng
-                    )
-                    parts = model.loss(images, targets)
-                    loss = sum(parts.values())
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            str(last_path if last_path.exists() else ckpt_dir),
-                            f"loss became NaN at epoch {epoch + 1}, batch {step + 1}; the last good checkpoint is kept",
-                            "lower train.lr, check the volumes, or resume with --resume",
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    cls_losses.append(float(parts["classification"].detach()))
-                    box_losses.append(float(parts["bbox_regression"].detach()))
-                if scheduler is not None:
-                    scheduler.step()
-                train_seconds = time.perf_counter() - epoch_start
+    def validate(self, model: torch.nn.Module, ctx: DistContext) -> dict[str, float]:
+        self._val_preds = _predict_split(model, self.prepared["val"], ctx.device, self.merge)
+        return {"val_cpm": _val_cpm(self._val_preds, self.cfg.evaluate.iou_threshold)}
 
-                validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
-                val_cpm = float("nan")
-                if validate:
-                    val_preds = _predict_split(model, prepared["val"], device, merge)
-                    val_cpm = _val_cpm(val_preds, iou)
-                    improved = math.isfinite(val_cpm) and val_cpm > best_cpm
-                    if improved or not have_best:
-                        have_best = True
-                        best_val_preds = val_preds  # the final evaluation reuses them (same weights, same result)
-                        best_cpm = val_cpm if improved else best_cpm
-                        bad_epochs = 0 if improved else bad_epochs
-                        save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "val_cpm": val_cpm})
-                    if not improved:
-                        bad_epochs += 1
-                seconds = time.perf_counter() - epoch_start
-                epoch_metrics = {
-                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                    "train_loss_classification": float(np.mean(cls_losses)) if cls_losses else float("nan"),
-                    "train_loss_box": float(np.mean(box_losses)) if box_losses else float("nan"),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "epoch_seconds": seconds,
-                    "train_seconds": train_seconds,
-                    "train_slices": float(len(samples)),
-                    "backbone_frozen": float(frozen),
-                }
-                if validate:
-                    epoch_metrics["val_cpm"] = val_cpm
-                tracker.log_metrics(epoch_metrics, step=epoch)
-                save_checkpoint(
-                    last_path,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                        "epoch": epoch,
-                        "best_metric": best_cpm,
-                        "bad_epochs": bad_epochs,
-                        "run_id": tracker.run_id or "",
-                    },
-                )
-                es = cfg.train.early_stop
-                stop = es is not None and bad_epochs >= es.patience
-                print(
-                    f"epoch {epoch + 1}/{cfg.train.epochs}  train_loss {np.mean(losses):.4f}  "
-                    + (f"val_cpm {val_cpm:.4f}  " if validate else "")
-                    + f"({seconds:.1f} s, training {train_seconds:.1f} s, {len(samples)} slices)"
-                    f"{'  early stop' if stop else ''}",
-                    flush=True,
-                )
-                epochs_run = epoch + 1
-                if stop:
-                    break
+    def remember_best(self) -> None:
+        self.best_val_preds = self._val_preds  # the final evaluation reuses them (same weights, same result)
 
-            result = TrainResult(
-                run_id=run_id,
-                output_dir=out_dir,
-                weights_source=weights_source,
-                epochs_run=epochs_run,
-                tracking_uri=uri,
-            )
-            _finish(
-                cfg,
-                result,
-                model=model,
-                best_path=best_path,
-                prepared=prepared,
-                tracker=tracker,
-                summary=summary,
-                digest=digest,
-                merge=merge,
-                slice_shape=slice_shape,
-                val_preds=best_val_preds,
-                sequences=sequences,
-            )
-            return result
-    finally:
-        cleanup(ctx)
+    def finish(self, result: TrainResult, *, model: Any, tracker: Any, paths: RunPaths) -> None:
+        # A resumed run does not have the best epoch's validation predictions in memory: _finish recomputes them.
+        _finish(self, result, model=model, tracker=tracker, paths=paths)
+
+    @staticmethod
+    def evaluate(
+        model: Any, meta: Any, model_uri: str, data_format: str | None, data_path: Any, **options: Any
+    ) -> dict[str, Any]:
+        from medvision.engine.evaluate import evaluate_detector
+
+        options.pop("batch_size", None)  # whole volumes, one at a time
+        return evaluate_detector(model, meta, model_uri, data_format, data_path, **options)
+
+
+def train_detection(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    config_path: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Train, evaluate and register a tumour detector as ``cfg`` describes (:func:`medvision.engine.loop.fit`)."""
+    return fit(DetectionTask(cfg), cfg, resume=resume, progress=progress, config_path=config_path, tags=tags)
 
 
 def _key_slice_for(pred: Mapping[str, Any], true_boxes: np.ndarray) -> int:
@@ -578,29 +457,18 @@ def _write_detections(
     return path
 
 
-def _finish(
-    cfg: ExperimentConfig,
-    result: TrainResult,
-    *,
-    model: Any,
-    best_path: Path,
-    prepared: dict[str, list[dict[str, Any]]],
-    tracker: Any,
-    summary: dict[str, Any],
-    digest: str,
-    merge: dict[str, Any],
-    slice_shape: tuple[int, int],
-    val_preds: list[dict[str, Any]] | None = None,
-    sequences: Any = None,
-) -> None:
+def _finish(task: DetectionTask, result: TrainResult, *, model: Any, tracker: Any, paths: RunPaths) -> None:
     """Evaluate the best checkpoint on test, write the evidence, log and register the detector."""
     from medvision.metrics import scalar_metrics
     from medvision.metrics.detection import evaluate_detection
     from medvision.metrics.detection_plots import plot_froc
+    from medvision.models.contract import DetectorMetadata
     from medvision.tracking import log_classifier
     from medvision.tracking.card import render_detector_card
 
-    model.load_state_dict(load_checkpoint(best_path)["model"])
+    cfg, prepared, merge, sequences = task.cfg, task.prepared, task.merge, task.sequences
+    summary, digest, slice_shape = task.summary, dataset_digest(task.items), task.slice_shape
+    val_preds = task.best_val_preds
     model.to("cpu").eval()
     cpu = torch.device("cpu")
     if val_preds is None:  # resumed run: the best epoch's validation predictions are not in memory
@@ -623,9 +491,9 @@ def _finish(
     tracker.log_metrics(scalars)
 
     threshold = float(ev["threshold"]) if math.isfinite(float(ev["threshold"])) else 1.0
-    art = result.output_dir / "evidence"
+    art = paths.evidence
     art.mkdir(parents=True, exist_ok=True)
-    salt = _hash_salt(result.output_dir)
+    salt = hash_salt(paths.experiment_dir)
     paths = [
         plot_froc(ev["froc"], art / "froc.png", label=f"{cfg.model.backbone} 2.5D RetinaNet"),
         _write_detections(
@@ -649,35 +517,35 @@ def _finish(
         tracker.log_artifact(path, "evidence/examples")
 
     v = cfg.data.volume
-    metadata = {
-        "task": "detection",
-        "backbone": cfg.model.backbone,
-        "context": cfg.model.context,
+    metadata = DetectorMetadata(
+        task="detection",
+        backbone=cfg.model.backbone,
+        context=cfg.model.context,
         # The sequences the model expects: volumes with `volume_channels` channels (`volume_sequences`), of which
         # `channels` (in this order) are stacked; `predict` and `report` refuse a volume without them.
-        "sequences": list(sequences.names) if sequences is not None else ["0"],
-        "n_sequences": sequences.count if sequences is not None else 1,
-        "channels": list(sequences.channels or range(sequences.n_channels)) if sequences is not None else [0],
-        "volume_channels": sequences.n_channels if sequences is not None else 1,
-        "volume_sequences": list(sequences.available) if sequences is not None else ["0"],
-        "spacing": list(v.spacing),
-        "modality": v.modality,
-        "ct_window": list(v.ct_window),
-        "mr_percentiles": list(v.mr_percentiles),
-        "slice_shape": list(slice_shape),
-        "threshold": threshold,
-        "fp_rate": cfg.evaluate.fp_rate,
-        "iou_threshold": cfg.evaluate.iou_threshold,
-        "hit": f"3D IoU >= {cfg.evaluate.iou_threshold:g} with a true lesion box (one true positive per lesion)",
-        "volume_score": "highest 3D box score (0 without boxes); flagged when >= threshold",
-        "merge": merge,
-        "intended_use": cfg.intended_use,
-        "weights_source": result.weights_source,
-        "medvision_version": medvision.__version__,
-        "dataset_digest": digest,
-        "labels": ["tumour"],
-        "box_coordinates": "world_mm: RAS millimetres [x0, y0, z0, x1, y1, z1]",
-    }
+        sequences=list(sequences.names),
+        n_sequences=sequences.count,
+        channels=list(sequences.channels or range(sequences.n_channels)),
+        volume_channels=sequences.n_channels,
+        volume_sequences=list(sequences.available),
+        spacing=v.spacing,
+        modality=v.modality,
+        ct_window=v.ct_window,
+        mr_percentiles=v.mr_percentiles,
+        slice_shape=slice_shape,
+        threshold=threshold,
+        fp_rate=cfg.evaluate.fp_rate,
+        iou_threshold=cfg.evaluate.iou_threshold,
+        hit=f"3D IoU >= {cfg.evaluate.iou_threshold:g} with a true lesion box (one true positive per lesion)",
+        volume_score="highest 3D box score (0 without boxes); flagged when >= threshold",
+        merge=merge,
+        intended_use=cfg.intended_use,
+        weights_source=result.weights_source,
+        medvision_version=medvision.__version__,
+        run_id=result.run_id,
+        dataset_digest=digest,
+        labels=["tumour"],
+    ).stored()
     card_info: dict[str, Any] = {
         "metadata": {**metadata, "medvision_architecture": dict(model.architecture)},
         "name": cfg.tracking.register_as,

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medvision.engine.classification import predict_logits
+from medvision.models.contract import ClassifierMetadata, DetectorMetadata
 
 
 def evaluate_registered(
@@ -42,38 +43,57 @@ def evaluate_registered(
         AUROC with its interval, AUPRC, and sensitivity/specificity/PPV/NPV at the stored threshold; for a
         detector :func:`evaluate_detector`'s report.
     """
-    from medvision.data import check_readable, classification_transforms, load_datalist
-    from medvision.metrics import apply_temperature, auprc, auroc_ci, binary_stats, expected_calibration_error
+    from medvision.engine.loop import task_class
+    from medvision.models.contract import parse_metadata
     from medvision.tracking import load_model_with_metadata
 
-    model, meta, pinned = load_model_with_metadata(model_uri, tracking_uri=tracking_uri)
-    if meta.get("task") == "detection":
-        return evaluate_detector(
-            model,
-            meta,
-            pinned,
-            data_format,
-            data_path,
-            out_dir=out_dir,
-            n_bootstraps=n_bootstraps,
-            skip_unreadable=skip_unreadable,
-        )
+    model, raw, pinned = load_model_with_metadata(model_uri, tracking_uri=tracking_uri)
+    meta = parse_metadata(raw, pinned)  # the typed contract: refused with the field named when it does not fit
+    task = task_class(meta.task, where=f"{pinned} metadata task")
+    return task.evaluate(
+        model,
+        meta,
+        pinned,
+        data_format,
+        data_path,
+        out_dir=out_dir,
+        n_bootstraps=n_bootstraps,
+        batch_size=batch_size,
+        skip_unreadable=skip_unreadable,
+    )
+
+
+def evaluate_classifier(
+    model: Any,
+    meta: ClassifierMetadata,
+    model_uri: str,
+    data_format: str | None,
+    data_path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    n_bootstraps: int = 1000,
+    batch_size: int = 32,
+    skip_unreadable: bool = False,
+) -> dict[str, Any]:
+    """A registered classifier on a classification datalist: AUROC with its interval, AUPRC, ECE, and the
+    confusion counts at the threshold registered with the model (nothing is re-tuned here)."""
+    from medvision.data import check_readable, load_datalist
+    from medvision.metrics import apply_temperature, auprc, auroc_ci, binary_stats, expected_calibration_error
+
     data_format = data_format or "csv"
     items = load_datalist(data_format, data_path)
     items, skipped = check_readable(items, skip_unreadable=skip_unreadable)
-    transform = classification_transforms(
-        image_size=int(meta["image_size"]),
-        keep_aspect=bool(meta["keep_aspect"]),
-        mean=float(meta["mean"]),
-        std=float(meta["std"]),
-        train=False,
-    )
     from monai.data import Dataset
+
+    from medvision.engine.classify import ClassifierBundle
+
+    bundle = ClassifierBundle.of(model, meta, {"uri": model_uri}, where=model_uri)
+    transform = bundle.transforms()
 
     ds = Dataset([{"image": it["image"], "label": int(it["label"])} for it in items], transform)
     logits, labels = predict_logits(model, DataLoader(ds, batch_size=batch_size), torch.device("cpu"))
-    prob = apply_temperature(logits, float(meta["temperature"]))
-    threshold = float(meta["threshold"])
+    prob = apply_temperature(logits, bundle.temperature)
+    threshold = bundle.threshold
     report: dict[str, Any] = {
         "model_uri": model_uri,
         "n": int(len(labels)),
@@ -106,7 +126,7 @@ def _write_report(report: dict[str, Any], out_dir: str | Path | None) -> dict[st
 
 def evaluate_detector(
     model: Any,
-    meta: dict[str, Any],
+    meta: DetectorMetadata,
     model_uri: str,
     data_format: str | None,
     data_path: str | Path,
@@ -119,7 +139,7 @@ def evaluate_detector(
     false positives per volume at the threshold registered with the model (nothing is re-tuned here)."""
     from medvision.constants import BOX_LABELS, BOXES, IMAGE
     from medvision.data.detection import check_volumes, load_detection_datalist
-    from medvision.engine.detect import MERGE_DEFAULTS, DetectorBundle, detect_volume
+    from medvision.engine.detect import DetectorBundle, detect_volume
     from medvision.metrics.detection import evaluate_at_threshold
 
     fmt = data_format or ("detection" if str(data_path).lower().endswith(".json") else "csv")
@@ -127,7 +147,7 @@ def evaluate_detector(
     items = load_detection_datalist(fmt, data_path)
     items, skipped = check_volumes(items, skip_bad=skip_unreadable)
     chain = bundle.transforms()
-    merge = {**MERGE_DEFAULTS, **dict(meta.get("merge") or {})}
+    merge = bundle.merge
     volumes = []
     for item in items:
         data = chain(
@@ -139,7 +159,7 @@ def evaluate_detector(
         )
         boxes, scores, _ = detect_volume(model, data[IMAGE], merge=merge)
         volumes.append({"pred_boxes": boxes, "pred_scores": scores, "true_boxes": np.asarray(data[BOXES])})
-    iou = float(meta.get("iou_threshold", 0.1))
+    iou = meta.iou_threshold
     found = evaluate_at_threshold(volumes, bundle.threshold, iou_threshold=iou, n_bootstraps=n_bootstraps)
     found.pop("froc")
     found.pop("coco")

@@ -1,6 +1,6 @@
 """Repeat a logged run: ``medvision train --from-run RUN_ID [--set key=value ...]``.
 
-Every run made by :func:`~medvision.engine.classification.train_classification` carries its
+Every run made by :func:`~medvision.engine.loop.train` (either task) carries its
 resolved config (artifact ``config/resolved_config.yaml``). Repeating it downloads that config,
 applies the overrides, and trains a *new* run tagged ``reproduces=<RUN_ID>``. With the same code,
 data and seed on the CPU the new run's metrics are the same as the original's, number for number
@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from medvision.config import ExperimentConfig, apply_overrides, parse_config
-from medvision.engine.classification import TrainResult, train_classification
+from medvision.engine.loop import TrainResult, task_class, train
 from medvision.errors import ConfigError, TrackingError
 
 __all__ = ["CONFIG_ARTIFACT", "REPRODUCES_TAG", "config_from_run", "reproduce_run"]
@@ -118,7 +118,7 @@ def reproduce_run(
         progress: Progress bars.
 
     Returns:
-        The new run's :class:`~medvision.engine.classification.TrainResult`.
+        The new run's :class:`~medvision.engine.loop.TrainResult`.
 
     Raises:
         TrackingError: If the run or its config cannot be read.
@@ -126,11 +126,8 @@ def reproduce_run(
     """
     run_id, store = _locate(run_id, overrides, tracking_uri)
     cfg, _store = config_from_run(run_id, overrides, tracking_uri=store)
-    if cfg.task != "classification":
-        raise ConfigError(
-            f"run {run_id} task", f"task {cfg.task!r} has no trainer in this version", "repeat a classification run"
-        )
+    task_class(cfg.task, where=f"run {run_id} task")  # a task this version cannot train is refused here
     tags = {REPRODUCES_TAG: run_id.strip()}
     if overrides:
         tags["reproduces_overrides"] = json.dumps(list(overrides))
-    return train_classification(cfg, progress=progress, tags=tags)
+    return train(cfg, progress=progress, tags=tags)

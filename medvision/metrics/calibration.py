@@ -18,7 +18,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
 from medvision.errors import ConfigError
-from medvision.metrics.classification import _check_labels, _check_probabilities, _check_scores
+from medvision.metrics._checks import _check_labels, _check_probabilities, _check_scores
 
 __all__ = [
     "apply_temperature",

@@ -15,14 +15,8 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from medvision.metrics.classification import (
-    _check_alpha,
-    _check_labels,
-    _check_n_bootstraps,
-    _check_scores,
-    _percentile_ci,
-    _stratified_bootstrap,
-)
+from medvision.metrics._checks import _check_alpha, _check_labels, _check_n_bootstraps, _check_scores
+from medvision.metrics.classification import _percentile_ci, _stratified_bootstrap
 
 __all__ = ["delong_components", "delong_test", "paired_bootstrap"]
 

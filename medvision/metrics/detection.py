@@ -55,7 +55,8 @@ from monai.metrics import compute_froc_curve_data, compute_froc_score
 from numpy.typing import ArrayLike
 
 from medvision.errors import ConfigError, DataError
-from medvision.metrics.classification import _check_pair, auroc_ci, wilson_interval
+from medvision.metrics._checks import _check_pair
+from medvision.metrics.classification import auroc_ci, wilson_interval
 
 __all__ = [
     "FP_RATES",

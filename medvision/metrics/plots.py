@@ -20,8 +20,9 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from medvision.errors import DataError
+from medvision.metrics._checks import _check_labels, _check_pair, _check_probabilities
 from medvision.metrics.calibration import expected_calibration_error
-from medvision.metrics.classification import _check_labels, _check_pair, _check_probabilities, binary_stats
+from medvision.metrics.classification import binary_stats
 
 __all__ = ["plot_confusion", "plot_pr", "plot_reliability", "plot_roc", "plot_roc_overlay"]
 

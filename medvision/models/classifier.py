@@ -28,12 +28,12 @@ from medvision.models.registry import BackboneSpec, get_spec
 from medvision.models.weights import (
     ImageNetWeightsUnavailableError,
     StateDict,
+    StateDictWeights,
     adapt_input_conv,
     cached_weights_path,
     channel_stats,
     load_checkpoint,
     load_imagenet_state_dict,
-    load_mlflow_state_dict,
     load_state_dict_exact,
     remap_legacy_keys,
     sha256_file,
@@ -308,8 +308,10 @@ def _load_backbone_state(
         )
 
 
-def _weights_kind(weights: str | os.PathLike[str]) -> tuple[str, str]:
-    """Classify the ``weights`` argument: ``("imagenet"|"none"|"mlflow"|"checkpoint", value)``."""
+def _weights_kind(weights: str | os.PathLike[str] | StateDictWeights) -> tuple[str, Any]:
+    """Classify the ``weights`` argument: ``("imagenet"|"none"|"state"|"checkpoint", value)``."""
+    if isinstance(weights, StateDictWeights):
+        return "state", weights
     if isinstance(weights, os.PathLike):
         return "checkpoint", os.fspath(weights)
     if not isinstance(weights, str):
@@ -318,7 +320,12 @@ def _weights_kind(weights: str | os.PathLike[str]) -> tuple[str, str]:
     if lowered in {"imagenet", "none"}:
         return lowered, lowered
     if weights.startswith(_MLFLOW_SCHEMES):
-        return "mlflow", weights
+        raise ConfigError(
+            "model.weights",
+            f"{weights} is an MLflow model: the models room does not read MLflow",
+            "resolve it first (medvision.engine.loop.resolve_weights, as `medvision train` does) and pass the"
+            " StateDictWeights it returns",
+        )
     if weights.lower().endswith(_CHECKPOINT_SUFFIXES) or Path(weights).is_file():
         return "checkpoint", weights
     raise ConfigError(
@@ -331,7 +338,7 @@ def _weights_kind(weights: str | os.PathLike[str]) -> tuple[str, str]:
 def create_model(
     name: str,
     *,
-    weights: str | os.PathLike[str] = "imagenet",
+    weights: str | os.PathLike[str] | StateDictWeights = "imagenet",
     in_channels: int = 1,
     num_classes: int = 1,
     first_conv: FirstConv = "sum",
@@ -348,8 +355,8 @@ def create_model(
         name: Registered backbone, e.g. ``"densenet121"`` (see :func:`list_models`).
         weights: ``"imagenet"`` (torch hub cache, downloaded if allowed), ``"none"`` (random
             init), a ``.pt``/``.pth`` file (a full Classifier state dict, or a bare torchvision
-            state dict with or without its classifier), or an MLflow URI (``models:/...``,
-            ``runs:/...``).
+            state dict with or without its classifier), or a :class:`StateDictWeights` (a state dict in
+            memory with its source: how an MLflow model's weights arrive, resolved by the engine).
         in_channels: Input channels; 1 for radiographs.
         num_classes: Head outputs (1 for a binary finding with a sigmoid; 0 for no head).
         first_conv: For 1 input channel: ``"sum"`` sums the RGB kernels into one channel;
@@ -418,9 +425,8 @@ def create_model(
             source = f"checkpoint:{path} sha256:{sha256_file(path)[:12]}"
             where = str(path)
         else:
-            state = load_mlflow_state_dict(value)
-            source = f"mlflow:{value}"
-            where = value
+            state, source = value.state, value.source
+            where = value.source
         if _is_classifier_state(state):
             classifier_state = state
             _set_first_conv(spec, backbone, conv_channels, pretrained=False)

@@ -161,7 +161,7 @@ def _anchor_generator(sizes: Sequence[float], min_level: int = 3) -> AnchorGener
 def create_detector(
     backbone: str = "resnet50",
     *,
-    weights: str = "imagenet",
+    weights: Any = "imagenet",
     allow_random_fallback: bool = False,
     context: int = 1,
     sequences: int = 1,

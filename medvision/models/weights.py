@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,7 +46,7 @@ __all__ = [
     "is_offline",
     "load_checkpoint",
     "load_imagenet_state_dict",
-    "load_mlflow_state_dict",
+    "StateDictWeights",
     "load_state_dict_exact",
     "remap_legacy_keys",
     "sha256_file",
@@ -378,33 +379,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> StateDict:
     return _as_state_dict(obj, file)
 
 
-def load_mlflow_state_dict(uri: str) -> StateDict:
-    """The state dict of an MLflow model (``models:/...`` or ``runs:/...``).
+@dataclass(frozen=True)
+class StateDictWeights:
+    """Weights already in memory, with where they came from (``weights_source``).
 
-    MLflow is reached only through ``medvision.tracking.models.load_state_dict_from_uri``,
-    imported here lazily so that this module never imports MLflow.
-
-    Args:
-        uri: The MLflow model URI.
-
-    Returns:
-        The state dict.
-
-    Raises:
-        WeightsError: If medvision's tracking room cannot be imported or returns no state dict.
+    The models room never reaches MLflow: a ``models:/...`` or ``runs:/...`` URI is resolved to a state dict
+    by the engine (:func:`medvision.engine.loop.resolve_weights`, through the tracking room's registry) and
+    handed to :func:`~medvision.models.create_model` as one of these.
     """
-    import importlib
 
-    try:
-        module = importlib.import_module("medvision.tracking.models")
-        loader = module.load_state_dict_from_uri
-    except (ImportError, AttributeError) as exc:
-        raise WeightsError(
-            uri,
-            f"MLflow models cannot be loaded: medvision.tracking.models is not available ({exc})",
-            "install medvision with its tracking dependencies (mlflow)",
-        ) from exc
-    return _as_state_dict(loader(uri), uri)
+    state: StateDict
+    source: str
 
 
 def import_weights(file: str | os.PathLike[str], arch: str) -> Path:

@@ -75,8 +75,8 @@ def test_the_registered_model_records_its_sequences_and_the_card_names_them(trai
 
     bundle = load_detector("models:/tumor-detector@candidate")
     md = bundle.metadata
-    assert md["sequences"] == NAMES and md["n_sequences"] == 4
-    assert md["volume_channels"] == 4 and md["channels"] == [0, 1, 2, 3] and md["volume_sequences"] == NAMES
+    assert md.sequences == NAMES and md.n_sequences == 4
+    assert md.volume_channels == 4 and md.channels == [0, 1, 2, 3] and md.volume_sequences == NAMES
     assert bundle.model.in_channels == 12 and bundle.model.architecture["sequences"] == 4
     card = (trained["result"].output_dir / "evidence" / "model_card.md").read_text()
     assert "4 MR sequences (FLAIR, T1w, t1gd, T2w), each with its 3 slices, 12 channels in all" in card

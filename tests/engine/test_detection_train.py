@@ -148,7 +148,8 @@ def test_registered_detector_predicts_world_boxes_with_its_threshold(trained) ->
     assert bundle.uri == result.model_uri
     metrics = json.loads((result.output_dir / "evidence" / "metrics.json").read_text())
     assert bundle.threshold == pytest.approx(min(metrics["threshold"], 1.0))
-    assert bundle.metadata["intended_use"] == trained["cfg"].intended_use
+    assert bundle.metadata.intended_use == trained["cfg"].intended_use
+    assert bundle.metadata.run_id == result.run_id  # the contract carries its provenance
     assert bundle.model.weights_source == f"mlflow:{result.model_uri}"
     volume = trained["datalist"].parent / "imagesTr" / "CASE_001.nii.gz"
     pred = predict_volume(bundle, volume)
@@ -220,3 +221,26 @@ def test_a_bad_volume_stops_the_run_before_training_or_is_skipped(tmp_path, mlfl
     assert not (tmp_path / "outputs").exists()  # refused before any training or tracking
     result = train_detection(load_config(config, ["data.skip_unreadable=true"]), progress=False)
     assert result.run_id and result.epochs_run == 1
+
+
+def test_a_detector_run_is_reproduced_with_identical_metrics(trained, tmp_path) -> None:
+    """`medvision train --from-run` dispatches through the task registry: a detector repeats number for number."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from medvision.cli import app
+
+    first = trained["result"]
+    store = f"sqlite:///{trained['tmp'] / 'mlflow.db'}"
+    out = tmp_path / "repeat"
+    args = ["train", "--from-run", first.run_id[:10], "--tracking-uri", store, "--set", f"train.output_dir={out}"]
+    result = CliRunner().invoke(app, [*args, "--set", "tracking.register_as=null", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("test-tumour").experiment_id])
+    [second] = [r for r in runs if r.data.tags.get("reproduces") == first.run_id]
+    assert second.data.tags["task"] == "detection"
+    assert (out / "test-tumour" / "runs" / second.info.run_id / "evidence" / "detections.csv").exists()
+    original = client.get_run(first.run_id).data.metrics
+    finals = {k: v for k, v in original.items() if k.startswith("test_") or k == "best_val_cpm"}
+    assert "test_cpm" in finals and {k: second.data.metrics[k] for k in finals} == finals

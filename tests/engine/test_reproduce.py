@@ -72,7 +72,7 @@ def test_from_run_repeats_the_run_with_identical_metrics(original, tmp_path: Pat
     assert second.info.run_id != first.run_id and second.info.status == "FINISHED"
     assert json.loads(second.data.tags["reproduces_overrides"]) == [f"tracking.uri={store}", f"train.output_dir={out}"]
     assert second.data.params["train.output_dir"] == str(out)
-    assert (out / "reproduce" / "evidence" / "predictions.csv").exists()
+    assert (out / "reproduce" / "runs" / second.info.run_id / "evidence" / "predictions.csv").exists()
 
     original_run = client.get_run(first.run_id)
     assert second.data.metrics["test_auroc"] == original_run.data.metrics["test_auroc"]

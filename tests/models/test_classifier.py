@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import types
 import urllib.error
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from medvision.errors import ConfigError, WeightsError
 from medvision.models import Classifier, RandomInitWarning, create_model, get_spec, list_models
 from medvision.models.registry import BackboneSpec
+from medvision.models.weights import StateDictWeights
 
 
 @pytest.fixture(autouse=True)
@@ -260,29 +260,21 @@ def test_missing_checkpoint_and_unknown_weights(tmp_path: Path) -> None:
         create_model("resnet18", weights="imagenet21k")
 
 
-def test_mlflow_uri_through_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_from_a_state_dict_in_memory() -> None:
     torch.manual_seed(3)
     trained = create_model("densenet121", weights="none", in_channels=1, num_classes=2)
-    requested: list[str] = []
 
-    def load_state_dict_from_uri(uri: str) -> dict[str, torch.Tensor]:
-        requested.append(uri)
-        return trained.state_dict()
-
-    fake = types.ModuleType("medvision.tracking.models")
-    fake.load_state_dict_from_uri = load_state_dict_from_uri  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "medvision.tracking.models", fake)
-
-    model = create_model("densenet121", weights="models:/pneumonia-classifier/3", num_classes=2)
-    assert requested == ["models:/pneumonia-classifier/3"]
+    # An MLflow model arrives as a state dict in memory (the engine resolves the URI through the registry).
+    weights = StateDictWeights(trained.state_dict(), "mlflow:models:/pneumonia-classifier/3")
+    model = create_model("densenet121", weights=weights, num_classes=2)
     assert model.weights_source == "mlflow:models:/pneumonia-classifier/3"
     torch.testing.assert_close(model.head.weight, trained.head.weight, rtol=0, atol=0)
 
 
-def test_mlflow_uri_without_tracking_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "medvision.tracking.models", None)
-    with pytest.raises(WeightsError, match=r"^runs:/abc/model: MLflow models cannot be loaded"):
+def test_an_mlflow_uri_is_not_read_by_the_models_room() -> None:
+    with pytest.raises(ConfigError, match=r"runs:/abc/model is an MLflow model") as info:
         create_model("resnet18", weights="runs:/abc/model")
+    assert "resolve_weights" in info.value.fix
 
 
 def test_models_package_does_not_import_mlflow() -> None:

@@ -123,8 +123,11 @@ def test_state_dict_from_uri(store: str, logged: dict[str, Any]) -> None:
     expected = logged["model"].state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
-    # The models room reaches MLflow through this function for `weights: models:/...`.
-    rebuilt = create_model("resnet18", weights=f"models:/{NAME}@candidate", in_channels=1, num_classes=1)
+    # `model.weights: models:/...` is resolved by the engine through this function; the models room gets the dict.
+    from medvision.engine.loop import resolve_weights
+
+    weights = resolve_weights(f"models:/{NAME}@candidate")
+    rebuilt = create_model("resnet18", weights=weights, in_channels=1, num_classes=1)
     assert rebuilt.weights_source == f"mlflow:models:/{NAME}@candidate"
     assert torch.equal(rebuilt.head.bias, expected["head.bias"])
 
