@@ -295,7 +295,7 @@ def test_an_ambiguous_or_unknown_run_id_prefix_is_refused(three_runs: str) -> No
 @pytest.mark.usefixtures("mlflow_globals")
 def test_a_runs_model_uri_takes_a_prefix_too(three_runs: str) -> None:
     from medvision.errors import TrackingError
-    from medvision.tracking.models import model_provenance
+    from medvision.tracking.registry import model_provenance
 
     assert model_provenance("runs:/abc2/model", tracking_uri=three_runs)["run_id"] == RUN_IDS[1]
     with pytest.raises(TrackingError, match="the prefix 'abc' is ambiguous"):

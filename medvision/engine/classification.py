@@ -35,11 +35,11 @@ from medvision.engine.loop import (
     TrainResult,
     fit,
     hash_salt,
-    register_task,
     resolve_weights,
     seed_everything,
 )
 from medvision.engine.provenance import dataset_digest, git_state, invocation_tags, log_run_start, package_versions
+from medvision.models.contract import ClassifierMetadata
 
 __all__ = [
     "ClassificationTask",
@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("medvision.train")
+
 
 def _autocast(ctx: DistContext, amp: str) -> contextlib.AbstractContextManager:
     if ctx.device.type == "cuda" and amp in ("auto", "bf16"):
@@ -127,7 +128,6 @@ def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-@register_task
 class ClassificationTask:
     """Binary classification of radiographs (``task: classification``); see the module docstring."""
 
@@ -296,8 +296,6 @@ class ClassificationTask:
     def evaluate(
         model: Any, meta: Any, model_uri: str, data_format: str | None, data_path: Any, **options: Any
     ) -> dict[str, Any]:
-        from medvision.engine.evaluate import evaluate_classifier
-
         return evaluate_classifier(model, meta, model_uri, data_format, data_path, **options)
 
 
@@ -317,7 +315,6 @@ def _finish(task: ClassificationTask, result: TrainResult, *, model: nn.Module, 
     """Evaluate the best checkpoint on test, write the evidence, log and register the model."""
     from medvision.metrics import age_band, apply_temperature, evaluate_binary, scalar_metrics
     from medvision.metrics.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-    from medvision.models.contract import ClassifierMetadata
     from medvision.tracking import log_classifier, render_model_card, salted_hash
 
     cfg, loaders, splits, pos_weight = task.cfg, task.eval_loaders, task.splits, task.pos_weight
@@ -447,3 +444,55 @@ def _finish(task: ClassificationTask, result: TrainResult, *, model: nn.Module, 
         f"  specificity {scalars.get('test_specificity', float('nan')):.3f}  at threshold {threshold:.3f}",
         flush=True,
     )
+
+
+def evaluate_classifier(
+    model: Any,
+    meta: ClassifierMetadata,
+    model_uri: str,
+    data_format: str | None,
+    data_path: str | Path,
+    *,
+    n_bootstraps: int = 1000,
+    batch_size: int = 32,
+    skip_unreadable: bool = False,
+) -> dict[str, Any]:
+    """A registered classifier on a classification datalist: AUROC with its interval, AUPRC, ECE, and the
+    confusion counts at the threshold registered with the model (nothing is re-tuned here)."""
+    from medvision.data import check_readable, load_datalist
+    from medvision.metrics import apply_temperature, auprc, auroc_ci, binary_stats, expected_calibration_error
+
+    data_format = data_format or "csv"
+    items = load_datalist(data_format, data_path)
+    items, skipped = check_readable(items, skip_unreadable=skip_unreadable)
+    from monai.data import Dataset
+
+    from medvision.engine.classify import ClassifierBundle
+
+    bundle = ClassifierBundle.of(model, meta, {"uri": model_uri}, where=model_uri)
+    transform = bundle.transforms()
+
+    ds = Dataset([{"image": it["image"], "label": int(it["label"])} for it in items], transform)
+    logits, labels = predict_logits(model, DataLoader(ds, batch_size=batch_size), torch.device("cpu"))
+    prob = apply_temperature(logits, bundle.temperature)
+    threshold = bundle.threshold
+    report: dict[str, Any] = {
+        "model_uri": model_uri,
+        "n": int(len(labels)),
+        "n_pos": int(labels.sum()),
+        "skipped_unreadable": len(skipped),
+        **{
+            f"auroc{'' if k == 'auroc' else '_' + k}": v
+            for k, v in auroc_ci(labels, logits, n_bootstraps=n_bootstraps).items()
+            if k in ("auroc", "ci_low", "ci_high")
+        },
+        "auprc": auprc(labels, logits),
+        "ece": expected_calibration_error(labels, prob),
+        "threshold": threshold,
+        **{
+            k: v
+            for k, v in binary_stats(labels, prob, threshold).items()
+            if k in ("sensitivity", "specificity", "ppv", "npv", "accuracy", "tp", "fp", "tn", "fn")
+        },
+    }
+    return report

@@ -75,7 +75,7 @@ def load_classifier_bundle(uri: str, *, tracking_uri: str | None = None) -> Clas
         TrackingError: the model does not exist; ModelFormatError: it is not a medvision classifier, or its
         metadata does not fit the contract (the field is named).
     """
-    from medvision.tracking.models import load_model_with_metadata
+    from medvision.tracking.registry import load_model_with_metadata
 
     module, raw, pinned = load_model_with_metadata(uri, tracking_uri=tracking_uri)
     return ClassifierBundle.of(module, raw, {"uri": pinned}, where=pinned)

@@ -259,7 +259,7 @@ def load_detector(uri: str, *, device: str | torch.device = "cpu", tracking_uri:
         TrackingError: the model does not exist or is not a detector.
     """
     from medvision.errors import TrackingError
-    from medvision.tracking.models import load_model_with_metadata, model_provenance
+    from medvision.tracking.registry import load_model_with_metadata, model_provenance
 
     module, raw, pinned = load_model_with_metadata(uri, tracking_uri=tracking_uri)
     if raw.get("task") != "detection" or not hasattr(module, "detect"):

@@ -33,9 +33,10 @@ from medvision.config import ExperimentConfig
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
 from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
 from medvision.engine.distributed import DistContext
-from medvision.engine.loop import RunPaths, TrainResult, fit, hash_salt, progress_bar, register_task, resolve_weights
+from medvision.engine.loop import RunPaths, TrainResult, fit, hash_salt, progress_bar, resolve_weights
 from medvision.engine.provenance import dataset_digest, git_state
 from medvision.errors import ConfigError, DataError, MedvisionError
+from medvision.models.contract import DetectorMetadata
 
 __all__ = ["DetectionTask", "load_detector", "predict_volume", "train_detection"]
 
@@ -147,7 +148,6 @@ def _batch(
     return images, targets
 
 
-@register_task
 class DetectionTask:
     """3D tumour detection with a 2.5D slice detector (``task: detection``); see the module docstring."""
 
@@ -324,8 +324,6 @@ class DetectionTask:
     def evaluate(
         model: Any, meta: Any, model_uri: str, data_format: str | None, data_path: Any, **options: Any
     ) -> dict[str, Any]:
-        from medvision.engine.evaluate import evaluate_detector
-
         options.pop("batch_size", None)  # whole volumes, one at a time
         return evaluate_detector(model, meta, model_uri, data_format, data_path, **options)
 
@@ -462,7 +460,6 @@ def _finish(task: DetectionTask, result: TrainResult, *, model: Any, tracker: An
     from medvision.metrics import scalar_metrics
     from medvision.metrics.detection import evaluate_detection
     from medvision.metrics.detection_plots import plot_froc
-    from medvision.models.contract import DetectorMetadata
     from medvision.tracking import log_classifier
     from medvision.tracking.card import render_detector_card
 
@@ -593,3 +590,52 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float | np.floating):
         return float(value)
     return str(value)
+
+
+def evaluate_detector(
+    model: Any,
+    meta: DetectorMetadata,
+    model_uri: str,
+    data_format: str | None,
+    data_path: str | Path,
+    *,
+    n_bootstraps: int = 1000,
+    skip_unreadable: bool = False,
+) -> dict[str, Any]:
+    """A registered tumour detector on a detection datalist: FROC/CPM, mAP, volume AUROC, and sensitivity and
+    false positives per volume at the threshold registered with the model (nothing is re-tuned here)."""
+    from medvision.constants import BOX_LABELS, BOXES, IMAGE
+    from medvision.data.detection import check_volumes, load_detection_datalist
+    from medvision.engine.detect import DetectorBundle, detect_volume
+    from medvision.metrics.detection import evaluate_at_threshold
+
+    fmt = data_format or ("detection" if str(data_path).lower().endswith(".json") else "csv")
+    bundle = DetectorBundle(model, meta, model_uri, torch.device("cpu"))
+    items = load_detection_datalist(fmt, data_path)
+    items, skipped = check_volumes(items, skip_bad=skip_unreadable)
+    chain = bundle.transforms()
+    merge = bundle.merge
+    volumes = []
+    for item in items:
+        data = chain(
+            {
+                IMAGE: item[IMAGE],
+                BOXES: np.asarray(item.get(BOXES) or np.zeros((0, 6)), dtype=np.float32).reshape(-1, 6),
+                BOX_LABELS: np.asarray(item.get(BOX_LABELS) or [], dtype=np.int64),
+            }
+        )
+        boxes, scores, _ = detect_volume(model, data[IMAGE], merge=merge)
+        volumes.append({"pred_boxes": boxes, "pred_scores": scores, "true_boxes": np.asarray(data[BOXES])})
+    iou = meta.iou_threshold
+    found = evaluate_at_threshold(volumes, bundle.threshold, iou_threshold=iou, n_bootstraps=n_bootstraps)
+    found.pop("froc")
+    found.pop("coco")
+    report: dict[str, Any] = {
+        "model_uri": model_uri,
+        "task": "detection",
+        "skipped_volumes": len(skipped),
+        "threshold": bundle.threshold,
+        "iou_threshold": iou,
+        **found,
+    }
+    return report

@@ -1,5 +1,6 @@
 """One training loop for every task: :func:`fit` runs a :class:`Task`, :func:`train` picks it from :data:`TASKS`.
 
+The tasks are registered in :mod:`medvision.engine.tasks` (which imports this module, never the other way).
 The loop owns what every task repeats: tracking checked before any work, seeding, the optimizer and
 scheduler, resuming from ``last.pt`` into the same MLflow run, per-epoch reseeding (so a resumed run
 repeats an uninterrupted one exactly), the validation schedule, the best checkpoint and early stopping on
@@ -27,7 +28,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -44,18 +45,13 @@ from medvision.errors import ConfigError, InputError, MedvisionError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "TASKS",
     "RunPaths",
     "Task",
     "TrainResult",
     "TrainingError",
     "fit",
-    "get_task",
-    "register_task",
     "resolve_weights",
     "seed_everything",
-    "task_class",
-    "train",
 ]
 
 log = logging.getLogger("medvision.train")
@@ -185,7 +181,7 @@ def resolve_weights(weights: Any) -> Any:
     ``mlflow:<uri>``), read through the tracking room's registry; anything else is passed on as it is."""
     if isinstance(weights, str) and weights.startswith(("models:/", "runs:/")):
         from medvision.models.weights import StateDictWeights
-        from medvision.tracking.models import load_state_dict_from_uri
+        from medvision.tracking.registry import load_state_dict_from_uri
 
         return StateDictWeights(load_state_dict_from_uri(weights), f"mlflow:{weights}")
     return weights
@@ -263,47 +259,6 @@ class Task(Protocol):
         """A registered model of this task on a datalist (``medvision evaluate``): its clinical metrics."""
 
 
-#: The tasks by name (``task:`` in the config).
-TASKS: dict[str, Callable[[ExperimentConfig], Task]] = {}
-
-
-def register_task(cls: type) -> type:
-    """Class decorator: make a task available to :func:`train`, ``evaluate`` and ``reproduce`` by its name."""
-    TASKS[cls.name] = cls
-    return cls
-
-
-def task_class(name: str, where: str = "task") -> Any:
-    """The task registered as ``name`` (the class: its :meth:`Task.evaluate` needs no config)."""
-    _load_builtin_tasks()
-    if name not in TASKS:
-        raise ConfigError(where, f"{name!r} has no trainer in this version", f"use one of: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
-
-
-def get_task(cfg: ExperimentConfig) -> Task:
-    """The task ``cfg.task`` names, built for ``cfg``."""
-    return task_class(cfg.task)(cfg)
-
-
-def _load_builtin_tasks() -> None:
-    # Importing the modules registers their tasks (they import this module, so not at the top).
-    import medvision.engine.classification  # noqa: F401
-    import medvision.engine.detection  # noqa: F401
-
-
-def train(
-    cfg: ExperimentConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    config_path: str | os.PathLike[str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> TrainResult:
-    """Train, evaluate and register the model ``cfg`` describes, whatever its task."""
-    return fit(get_task(cfg), cfg, resume=resume, progress=progress, config_path=config_path, tags=tags)
-
-
 def _monitor(task: Task, cfg: ExperimentConfig) -> tuple[str, Literal["max", "min"]]:
     """The validation metric that picks the best epoch and stops early: ``train.early_stop.metric``."""
     es = cfg.train.early_stop
@@ -334,7 +289,7 @@ def fit(
     file (tags).
 
     Args:
-        task: the task (see :data:`TASKS`).
+        task: the task (see :data:`medvision.engine.tasks.TASKS`).
         cfg: the validated experiment config.
         resume: continue the run ``<output_dir>/<experiment>/latest`` names, from its ``last.pt``, into the
             same MLflow run.

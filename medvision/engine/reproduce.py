@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from medvision.config import ExperimentConfig, apply_overrides, parse_config
-from medvision.engine.loop import TrainResult, task_class, train
+from medvision.engine.loop import TrainResult
+from medvision.engine.tasks import task_class, train
 from medvision.errors import ConfigError, TrackingError
 
 __all__ = ["CONFIG_ARTIFACT", "REPRODUCES_TAG", "config_from_run", "reproduce_run"]

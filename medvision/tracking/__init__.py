@@ -11,7 +11,8 @@ Example:
 from __future__ import annotations
 
 from medvision.tracking.card import render_model_card
-from medvision.tracking.models import (
+from medvision.tracking.phi import PhiGuard, new_salt, salted_hash
+from medvision.tracking.registry import (
     load_classifier,
     load_model_with_metadata,
     load_state_dict_from_uri,
@@ -20,7 +21,6 @@ from medvision.tracking.models import (
     parse_model_uri,
     resolve_model_uri,
 )
-from medvision.tracking.phi import PhiGuard, new_salt, salted_hash
 from medvision.tracking.run import RunTracker, flatten_config
 from medvision.tracking.store import DEFAULT_TRACKING_URI, ensure_tracking_available, resolve_tracking_uri
 

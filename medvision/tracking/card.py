@@ -3,7 +3,7 @@
 :func:`render_model_card` takes one dict and never fails on a missing or odd value: whatever is
 absent reads "not recorded". Every key may sit at the top level of ``info`` or in the section
 named below; the model facts may also come from ``info["metadata"]`` (the metadata logged with
-the model by :func:`medvision.tracking.models.log_classifier`), and the metrics may be the dict
+the model by :func:`medvision.tracking.registry.log_classifier`), and the metrics may be the dict
 :func:`medvision.metrics.evaluate_binary` returns, unchanged.
 
 Keys read (``section.key``; a bare key is looked up at the top level, then in ``metadata``):

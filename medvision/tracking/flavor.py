@@ -67,7 +67,7 @@ FLAVOR_NAME = "medvision"
 FORMAT = "safetensors"
 #: The weights file inside the model's artifact folder.
 WEIGHTS_FILE = "model.safetensors"
-#: Metadata key under which the model's architecture is recorded (what :func:`~medvision.tracking.models._rebuild`
+#: Metadata key under which the model's architecture is recorded (what :func:`_rebuild`
 #: reads).
 ARCHITECTURE_KEY = "medvision_architecture"
 #: The fix of every refused model.
@@ -116,7 +116,7 @@ def save_model(
     """Write ``medvision_model`` as an MLflow model in the ``medvision`` flavour to the folder ``path``.
 
     Called by ``mlflow.models.Model.log(..., flavor=medvision.tracking.flavor)``, which passes its own
-    keyword arguments on (hence ``**_ignored``); use :func:`~medvision.tracking.models.log_classifier`.
+    keyword arguments on (hence ``**_ignored``); use :func:`~medvision.tracking.registry.log_classifier`.
 
     Args:
         medvision_model: The module; its state dict is written (on the CPU) to ``model.safetensors``.
@@ -319,7 +319,6 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _PyFu
     """MLflow's ``python_function`` loader: ``path`` is the model's folder (the flavour sets no ``data``)."""
     from mlflow.models import Model
 
-    from medvision.tracking.models import _rebuild
 
     mlmodel = Model.load(os.path.join(path, "MLmodel"))
     conf = flavor_conf(mlmodel.flavors, path)
@@ -328,3 +327,43 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _PyFu
         raise ModelFormatError(path, f"its MLmodel metadata has no {ARCHITECTURE_KEY}", REGISTER_AGAIN)
     state = read_weights(Path(path) / str(conf["weights"]), conf, path)
     return _PyFuncModel(_rebuild(architecture, state, path))
+
+
+def _rebuild(architecture: Mapping[str, Any], state: Mapping[str, torch.Tensor], uri: str) -> torch.nn.Module:
+    """A medvision Classifier (or SliceDetector) built from ``architecture`` with the weights ``state``, strictly."""
+    from medvision.models import create_model
+    from medvision.models.detector import DETECTOR_CLASS, create_detector
+    from medvision.models.weights import load_state_dict_exact
+
+    if architecture.get("class") == DETECTOR_CLASS:
+        kwargs = {k: v for k, v in architecture.items() if k not in ("class", "backbone", "weights", "progress")}
+        try:
+            detector = create_detector(str(architecture["backbone"]), weights="none", progress=False, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(uri, f"its {ARCHITECTURE_KEY} cannot be rebuilt ({exc})", REGISTER_AGAIN) from exc
+        load_state_dict_exact(
+            detector,
+            state,
+            where=uri,
+            what=f"{architecture['backbone']} 2.5D detector recorded in the model's metadata",
+            fix=REGISTER_AGAIN,
+        )
+        detector.weights_source = f"mlflow:{uri}"
+        return detector.eval()
+    model = create_model(
+        str(architecture["backbone"]),
+        weights="none",
+        in_channels=int(architecture.get("in_channels", 1)),
+        num_classes=int(architecture.get("num_classes", 1)),
+        first_conv=architecture.get("first_conv", "sum"),
+        drop_rate=float(architecture.get("drop_rate", 0.0)),
+    )
+    load_state_dict_exact(
+        model,
+        state,
+        where=uri,
+        what=f"{architecture['backbone']} classifier recorded in the model's metadata",
+        fix=REGISTER_AGAIN,
+    )
+    model.weights_source = f"mlflow:{uri}"
+    return model.eval()

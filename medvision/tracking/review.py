@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medvision.errors import TrackingError
-from medvision.tracking.models import _available, _first_line, _mlflow_errors, _not_found
+from medvision.tracking._errors import _available, _first_line, _mlflow_errors, _not_found
 from medvision.tracking.store import redact_uri, require_existing_store
 
 if TYPE_CHECKING:  # pragma: no cover

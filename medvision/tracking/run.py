@@ -3,7 +3,7 @@
 :class:`RunTracker` wraps the run as a context manager. It logs through an
 :class:`mlflow.MlflowClient` bound to the tracking URI it was given (batched, within MLflow's
 limits), and also makes the run MLflow's *active* run, so that fluent calls made inside it
-(:func:`medvision.tracking.models.log_classifier` uses ``mlflow.models.Model.log``) attach to it.
+(:func:`medvision.tracking.registry.log_classifier` uses ``mlflow.models.Model.log``) attach to it.
 
 With a :class:`~medvision.tracking.phi.PhiGuard`, every string on its way to MLflow is checked
 first: param names and values, tag names and values, metric names, text and dict artifacts, and
@@ -63,8 +63,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from medvision.errors import TrackingError
-from medvision.tracking.models import _mlflow_errors
 from medvision.tracking.phi import PhiGuard
+from medvision.tracking.registry import _mlflow_errors
 from medvision.tracking.store import artifact_location_for, redact_uri
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from medvision.config import load_config
-from medvision.engine.loop import CHECKPOINT_FORMAT, TASKS, RunPaths, Task, _monitor, get_task, train
+from medvision.engine.loop import CHECKPOINT_FORMAT, RunPaths, Task, _monitor
+from medvision.engine.tasks import TASKS, get_task, train
 from medvision.errors import ConfigError, InputError
 from tests.engine.test_detection_train import make_tumour_set, write_detection_config
 

@@ -27,7 +27,7 @@ from medvision.errors import ModelFormatError, TrackingError
 from medvision.models import Classifier, create_model
 from medvision.models.detector import SliceDetector, create_detector
 from medvision.tracking.flavor import FLAVOR_NAME, WEIGHTS_FILE
-from medvision.tracking.models import ARCHITECTURE_KEY, load_model_with_metadata, log_classifier
+from medvision.tracking.registry import ARCHITECTURE_KEY, load_model_with_metadata, log_classifier
 from medvision.tracking.run import RunTracker
 
 CLASSIFIER = {"task": "classification", "backbone": "resnet18", "in_channels": 1, "image_size": 32,

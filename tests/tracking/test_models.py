@@ -14,7 +14,8 @@ from torch import nn
 
 from medvision.errors import TrackingError
 from medvision.models import Classifier, create_model
-from medvision.tracking.models import (
+from medvision.tracking.phi import PhiGuard
+from medvision.tracking.registry import (
     ARCHITECTURE_KEY,
     load_classifier,
     load_state_dict_from_uri,
@@ -23,7 +24,6 @@ from medvision.tracking.models import (
     parse_model_uri,
     resolve_model_uri,
 )
-from medvision.tracking.phi import PhiGuard
 from medvision.tracking.run import RunTracker
 
 NAME = "toy-pneumonia"

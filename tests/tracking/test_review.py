@@ -23,7 +23,7 @@ from medvision.errors import TrackingError
 from medvision.metrics import delong_test
 from medvision.models import create_model
 from medvision.tracking import review
-from medvision.tracking.models import log_classifier
+from medvision.tracking.registry import log_classifier
 from medvision.tracking.run import RunTracker
 from tests.engine.conftest import make_cxr_set, write_config
 

@@ -38,13 +38,14 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medvision.errors import ModelFormatError, TrackingError
-from medvision.tracking.flavor import ARCHITECTURE_KEY, REGISTER_AGAIN
+from medvision.tracking._errors import _available, _first_line, _mlflow_errors, _not_found
+from medvision.tracking.flavor import ARCHITECTURE_KEY, REGISTER_AGAIN, _rebuild
+from medvision.tracking.review import resolve_run_id
 from medvision.tracking.store import redact_uri, require_existing_store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,30 +103,6 @@ def _client() -> MlflowClient:
     return MlflowClient()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-def _not_found(exc: BaseException) -> bool:
-    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-@contextmanager
-def _mlflow_errors(where: str, action: str, fix: str | None = None) -> Iterator[None]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except TrackingError:
-        raise
-    except MlflowException as exc:
-        raise TrackingError(where, f"MLflow refused to {action}: {_first_line(exc)}", fix) from exc
-    except OSError as exc:
-        raise TrackingError(where, f"could not {action}: {type(exc).__name__}: {exc}", fix) from exc
-
-
 def parse_model_uri(uri: str) -> dict[str, str | None]:
     """Split a model URI into its parts.
 
@@ -165,17 +142,6 @@ def parse_model_uri(uri: str) -> dict[str, str | None]:
         run_id, _, path = rest.partition("/")
         parts.update(kind="run", run_id=run_id, path=path or MODEL_NAME)
     return parts
-
-
-def _available(client: MlflowClient, name: str) -> str:
-    """``aliases: champion -> v2, candidate -> v3; versions: 1, 2, 3`` for a registered model."""
-    try:
-        registered = client.get_registered_model(name)
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-    except Exception:  # only decorates an error message
-        return ""
-    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(dict(registered.aliases or {}).items()))
-    return f"aliases: {aliases or 'none'}; versions: {', '.join(map(str, versions)) or 'none'}"
 
 
 def _missing_model(client: MlflowClient, uri: str, name: str, store: str) -> TrackingError:
@@ -248,7 +214,6 @@ def _pinned(uri: str, store: str) -> tuple[str, Any]:
         version = _version_for(_client(), uri, store)
         return f"models:/{version.name}/{version.version}", version
     if parts["kind"] == "run" and parts["run_id"] and len(str(parts["run_id"])) < 32:  # MLflow's ids: 32 digits
-        from medvision.tracking.review import resolve_run_id
 
         run_id = resolve_run_id(store, str(parts["run_id"]))  # a unique prefix names its run
         if run_id != parts["run_id"]:
@@ -461,46 +426,6 @@ def log_classifier(
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def _rebuild(architecture: Mapping[str, Any], state: Mapping[str, torch.Tensor], uri: str) -> torch.nn.Module:
-    """A medvision Classifier (or SliceDetector) built from ``architecture`` with the weights ``state``, strictly."""
-    from medvision.models import create_model
-    from medvision.models.detector import DETECTOR_CLASS, create_detector
-    from medvision.models.weights import load_state_dict_exact
-
-    if architecture.get("class") == DETECTOR_CLASS:
-        kwargs = {k: v for k, v in architecture.items() if k not in ("class", "backbone", "weights", "progress")}
-        try:
-            detector = create_detector(str(architecture["backbone"]), weights="none", progress=False, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(uri, f"its {ARCHITECTURE_KEY} cannot be rebuilt ({exc})", REGISTER_AGAIN) from exc
-        load_state_dict_exact(
-            detector,
-            state,
-            where=uri,
-            what=f"{architecture['backbone']} 2.5D detector recorded in the model's metadata",
-            fix=REGISTER_AGAIN,
-        )
-        detector.weights_source = f"mlflow:{uri}"
-        return detector.eval()
-    model = create_model(
-        str(architecture["backbone"]),
-        weights="none",
-        in_channels=int(architecture.get("in_channels", 1)),
-        num_classes=int(architecture.get("num_classes", 1)),
-        first_conv=architecture.get("first_conv", "sum"),
-        drop_rate=float(architecture.get("drop_rate", 0.0)),
-    )
-    load_state_dict_exact(
-        model,
-        state,
-        where=uri,
-        what=f"{architecture['backbone']} classifier recorded in the model's metadata",
-        fix=REGISTER_AGAIN,
-    )
-    model.weights_source = f"mlflow:{uri}"
-    return model.eval()
 
 
 def _load_error(uri: str, store: str, exc: BaseException) -> TrackingError:
