@@ -1,32 +1,43 @@
 """The HTML and PDF batch report (issue 5), checked in a real headless Chromium and with poppler.
 
 Chromium renders ``index.html`` and a study page (the DOM it built is parsed back) and takes a
-screenshot; ``pdftoppm`` turns ``report.pdf`` into PNG pages and ``pdftotext`` reads its text. The
-binaries come from Debian's ``chromium`` and ``poppler-utils``, installed by ``make system-deps``
-(a prerequisite of ``make test``); without them those tests are skipped and say so.
+screenshot; ``report.pdf`` is the same templates printed by Chromium, and ``pdftoppm`` turns it into
+PNG pages, ``pdftotext`` reads its text and ``pdfinfo`` counts its pages. The binaries come from
+Debian's ``chromium`` and ``poppler-utils``, installed by ``make system-deps`` (a prerequisite of
+``make test``); without them those tests are skipped and say so. A missing or failing Chromium is
+played by scripts in a temporary folder (``$MEDVISION_CHROMIUM``).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import html
+import importlib.resources
 import io
+import logging
 import re
 import shutil
 import subprocess
+import time
+import tomllib
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pytest
 from PIL import Image
 
-from medvision.reporting.render import NOTICE, render_report
+from medvision.errors import MedvisionError
+from medvision.reporting import render
+from medvision.reporting.render import NOTICE, PdfError, render_report
 
 TIMEOUT_S = 60
 NASTY_NAME = "Doe^<b>Jane</b> & Co"
+MALICIOUS = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 INTENDED_CXR = "Triage of adult chest radiographs for pneumonia; a radiologist reads every study."
 INTENDED_CT = "Prioritisation of CT/MR volumes with suspected tumour; not a diagnosis."
 # Flagged first, then priority: cxr-b (0.91), ct-c (flagged detection), cxr-a (not flagged).
@@ -96,6 +107,7 @@ def make_rows(out_dir: Path) -> list[dict]:
             **common,
             "study_key": "cxr-b",
             "status": "ok",
+            "study_description": MALICIOUS,
             "reason": None,
             "source": "cxr/b/IM0001.dcm",
             "patient_id": "P-002",
@@ -497,3 +509,181 @@ def test_thumbnails_keep_the_picture_format() -> None:
             assert img.format == fmt and img.size == (small.width, small.height)
             assert max(img.size) == THUMBNAIL_PX and img.size[1] == round(300 * THUMBNAIL_PX / 620)
         assert small.mime == mime and (small.caption, small.kind) == ("c", "overlay")
+
+
+# ----------------------------------------------------------------------------------------- escaping, one layout
+
+
+def test_a_malicious_study_description_is_escaped_by_the_template(report: Report) -> None:
+    markup = (report.out / "studies" / "cxr-b.html").read_text(encoding="utf-8")
+    assert MALICIOUS not in markup
+    assert html.escape(MALICIOUS, quote=False).replace('"', "&#34;") in markup
+    dom = parse(markup)
+    assert not dom.find_all("script") and len(dom.find_all("img")) == 1, "the description became markup"
+    (details,) = dom.find_all("section", id="details")
+    cells = {tr.find_all("th")[0].text(): tr.find_all("td")[0].text() for tr in details.find_all("tr")}
+    assert cells["Study description"] == MALICIOUS
+    assert "<script" not in report.paths["index"].read_text(encoding="utf-8").lower()
+
+
+def test_a_malicious_title_cannot_leave_the_style_element(tmp_path: Path) -> None:
+    title = '</style><script>alert(1)</script> "quoted" \\ back'
+    rows = [{"study_key": "s1", "status": "ok", "probability": 0.7, "flagged": True, "threshold": 0.5}]
+    paths = render_report(rows, tmp_path, title=title)
+    for page in [paths["index"], *paths["pages"]]:
+        markup = page.read_text(encoding="utf-8")
+        assert "<script" not in markup.lower() and markup.count("</style>") == 1, page
+        style = markup[markup.index("<style>") : markup.index("</style>")]
+        assert '"quoted"' not in style and "\\" + "00003c" in style  # the running head is CSS-escaped
+    if shutil.which("pdftotext"):
+        text = " ".join(" ".join(t.split()) for t in pdf_pages_text(paths["pdf"]))
+        assert f"{title} · generated" in text, "the running head does not say the title as given"
+
+
+def test_templates_autoescape_and_refuse_undefined_values() -> None:
+    env = render._templates()
+    assert env.undefined is jinja2.StrictUndefined
+    assert env.autoescape("index.html") is True
+    assert env.autoescape("report.css") is False
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("study.html").render(page_title="t", running_head="h")
+
+
+def test_templates_ship_as_package_data() -> None:
+    folder = importlib.resources.files("medvision.reporting") / "templates"
+    names = sorted(entry.name for entry in folder.iterdir() if entry.is_file())
+    assert {"base.html", "index.html", "study.html", "print.html", "_sections.html", "report.css"} <= set(names)
+    assert "{% block body %}" in (folder / "base.html").read_text(encoding="utf-8")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = pyproject["tool"]["setuptools"]["package-data"]["medvision"]
+    for name in names:
+        assert any(fnmatch.fnmatch(f"reporting/templates/{name}", g) for g in globs), f"{name} would not ship"
+
+
+def test_one_wording_of_the_notice_in_html_and_pdf(report: Report) -> None:
+    assert NOTICE == (
+        "DRAFT — not for diagnostic use without review by a radiologist. Results are not final and not verified."
+    )
+    for page in [report.paths["index"], *report.paths["pages"]]:
+        markup = page.read_text(encoding="utf-8")
+        # the banner, the footer and the print margin (CSS-escaped), and no "DRAFT" in any other wording
+        in_html, in_css = markup.count(html.escape(NOTICE)), markup.count(render._css_string(NOTICE))
+        assert (in_html, in_css) == (2, 1), page
+        assert markup.count("DRAFT") == in_html + in_css, page
+
+
+# ----------------------------------------------------------------------------------------- the PDF, printed
+
+
+def pdf_page_count(pdf: Path) -> int:
+    done = subprocess.run([need("pdfinfo"), str(pdf)], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    (pages,) = [int(line.split()[-1]) for line in done.stdout.splitlines() if line.startswith("Pages:")]
+    return pages
+
+
+def test_pdf_says_every_study_its_finding_and_the_notice(report: Report) -> None:
+    pdf = report.paths["pdf"]
+    texts = [" ".join(t.split()) for t in pdf_pages_text(pdf)]
+    pages = pdf_page_count(pdf)
+    assert pages == len(texts)
+    # one page at least for the worklist and one per study; a study needs no more than two here
+    assert 1 + len(report.rows) <= pages <= 1 + 2 * len(report.rows), pages
+    assert all(NOTICE in t for t in texts), "a page lacks the notice"
+    assert all(re.search(rf"page {i} of {pages}\b", t) for i, t in enumerate(texts, 1)), "page numbers"
+    whole = " ".join(texts)
+    for row in report.rows:
+        key = row["study_key"]
+        (page,) = [t for t in texts if f"Study {key}:" in t]
+        assert row.get("patient_id", "—") in page, key
+        if row["status"] == "ok":
+            finding = f"{row['finding']} ({row['task']})"
+            assert finding in page and f"{row['probability']:.3f}" in page, key
+        else:
+            assert row["reason"] in page, key
+    assert MALICIOUS in whole, "the description is shown as text in the PDF"
+
+
+# ----------------------------------------------------------------------------------------- no PDF engine
+
+
+def fake_chromium(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fake-chromium"
+    script.write_text("#!/bin/sh\n" + body + "\n", encoding="utf-8")
+    script.chmod(0o755)
+    return str(script)
+
+
+def render_without_pdf(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> tuple[dict, Node, str]:
+    out = tmp_path / "report"
+    rows = make_rows(out)
+    (out / "report.pdf").write_bytes(b"%PDF-1.4 an older report")
+    with caplog.at_level(logging.WARNING, logger="medvision.reporting.render"):
+        paths = render_report(rows, out, generated_at="2025-01-02 03:04 UTC")
+    assert paths["index"].is_file() and all(p.is_file() for p in paths["pages"]), "the pages were not written"
+    assert paths["pdf"] == out / "report.pdf" and not paths["pdf"].exists(), "an older PDF was left"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    (status,) = parse(paths["index"].read_text(encoding="utf-8")).find_all(id="pdf-status")
+    assert status.attrs["data-status"] == "failed"
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "report.pdf not written" in warning.getMessage()
+    return paths, status, warning.getMessage()
+
+
+def test_missing_chromium_is_a_failure_status_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(render.CHROMIUM_ENV, raising=False)
+    monkeypatch.setattr(render, "CHROMIUM_BINARIES", ("medvision-no-such-chromium",))
+    with pytest.raises(PdfError) as raised:
+        render._chromium()
+    assert isinstance(raised.value, MedvisionError)
+    assert "install chromium: apt-get install chromium" in str(raised.value)
+    _, status, message = render_without_pdf(tmp_path, caplog)
+    for said in (status.text(), message):
+        assert "medvision-no-such-chromium" in said and "install chromium: apt-get install chromium" in said
+
+
+def test_a_chromium_path_that_is_not_there_is_a_failure_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(render.CHROMIUM_ENV, str(tmp_path / "bin" / "chromium"))
+    _, status, _ = render_without_pdf(tmp_path, caplog)
+    assert "MEDVISION_CHROMIUM" in status.text() and "is not an executable Chromium" in status.text()
+
+
+# writes something that is not a PDF where it was told to write the PDF, and says it went well
+WRITE_HALF = 'for a in "$@"; do case "$a" in --print-to-pdf=*) printf half > "${a#*=}";; esac; done; exit 0'
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("echo 'cannot open display' >&2; exit 3", "exited with status 3 while printing the report: cannot open"),
+        ("exit 0", "wrote no PDF"),
+        (WRITE_HALF, "wrote no PDF"),
+    ],
+    ids=["exits-non-zero", "writes-nothing", "writes-no-pdf"],
+)
+def test_a_failing_chromium_is_a_failure_status(
+    body: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(render.CHROMIUM_ENV, fake_chromium(tmp_path, body))
+    _, status, _ = render_without_pdf(tmp_path, caplog)
+    assert said in status.text()
+
+
+def test_a_hanging_chromium_is_killed_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "child-survived"
+    # a child in the background, like Chromium's renderer: it must end with the browser
+    monkeypatch.setenv(render.CHROMIUM_ENV, fake_chromium(tmp_path, f"(sleep 3; touch {marker}) & sleep 60"))
+    monkeypatch.setattr(render, "PDF_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(render, "PDF_TIMEOUT_PER_STUDY_S", 0.0)
+    start = time.monotonic()
+    _, status, _ = render_without_pdf(tmp_path, caplog)
+    assert time.monotonic() - start < 30
+    assert "did not print the report within 1 s" in status.text()
+    time.sleep(3.5)
+    assert not marker.exists(), "a process Chromium started outlived the timeout"
