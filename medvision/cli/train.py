@@ -70,8 +70,8 @@ def train(
     # (the config's tracking.uri wins over the environment, as before).
     if tracking_uri and given_on_command_line(ctx, "tracking_uri"):
         overrides = _with_tracking_uri(overrides, tracking_uri)
-    from medvision.engine.loop import train as train_task
     from medvision.engine.reproduce import reproduce_run
+    from medvision.engine.tasks import train as train_task
 
     if from_run is not None:
         _setup_logging()
