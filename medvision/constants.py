@@ -23,3 +23,7 @@ DEFAULT_MAX_VOXELS = 512 * 1024 * 1024
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+
+#: The one wording of the draft notice: every report page (HTML and PDF), every `predict` record and every
+#: model card carry it. A model's finding is a draft until a radiologist reviews and signs it.
+DRAFT_NOTICE = "DRAFT — not for diagnostic use without review by a radiologist. Results are not final and not verified."

@@ -132,6 +132,7 @@ def predict(
 
     A path that cannot be read gets one error line on stderr; the others go on; exit status 3 if any failed.
     """
+    from medvision.constants import DRAFT_NOTICE
     from medvision.engine.detect import load_detector, predict_volume
 
     bundle = load_detector(model, device=device, tracking_uri=tracking_uri)
@@ -158,7 +159,7 @@ def predict(
                 "run_id": prov.get("run_id"),
             },
             "intended_use": bundle.metadata.intended_use,
-            "status": "draft: not for diagnostic use without review by a radiologist",
+            "status": DRAFT_NOTICE,
             "seconds": round(pred.timings.get("total_s", 0.0), 2),
         }
         typer.echo(json.dumps(record))

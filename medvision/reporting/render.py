@@ -85,6 +85,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from medvision.constants import DRAFT_NOTICE
 from medvision.errors import MedvisionError
 
 __all__ = ["NOTICE", "PdfError", "render_report"]
@@ -92,7 +93,7 @@ __all__ = ["NOTICE", "PdfError", "render_report"]
 log = logging.getLogger(__name__)
 
 #: The notice every page carries, word for word: the one wording of the report, HTML and PDF (``base.html``).
-NOTICE = "DRAFT — not for diagnostic use without review by a radiologist. Results are not final and not verified."
+NOTICE = DRAFT_NOTICE  # the one wording (medvision.constants)
 
 #: The Chromium binaries looked for on ``PATH``, in order; ``$MEDVISION_CHROMIUM`` (a path or a name) replaces them.
 CHROMIUM_BINARIES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")

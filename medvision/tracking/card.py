@@ -36,6 +36,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medvision.constants import DRAFT_NOTICE
+
 __all__ = ["NOT_RECORDED", "render_detector_card", "render_model_card"]
 
 #: What a missing value reads as.
@@ -174,8 +176,8 @@ def _intended_use_section(info: Mapping[str, Any], meta: Mapping[str, Any]) -> l
         "",
         _text(use) if not _missing(use) else f"Intended use: {NOT_RECORDED}.",
         "",
-        "Decision support for research and triage only: **not for diagnostic use without review by a"
-        " radiologist**. Every prediction must be confirmed by a qualified reader.",
+        f"**{DRAFT_NOTICE}** Decision support for research and triage only; every prediction must be confirmed"
+        " by a qualified reader.",
     ]
 
 
