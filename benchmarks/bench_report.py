@@ -105,9 +105,10 @@ def main() -> None:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
 
     from medvision.data.transforms import classification_transforms
+    from medvision.engine.classify import ClassifierBundle
     from medvision.errors import MedvisionError
-    from medvision.reporting.batch import LoadedClassifier, run_report
-    from medvision.tracking.models import load_classifier, model_provenance
+    from medvision.reporting.batch import ReportConfig, run_report
+    from medvision.tracking.registry import load_classifier, model_provenance
 
     files = ensure_demo(args.data, args.studies)
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp_name:
@@ -166,17 +167,19 @@ def main() -> None:
         summary = None
         if not args.backbone:
             summary = run_report(
-                inp, tmp / "report", classifier_uri=model_uri, tracking_uri=tracking, device=args.device,
-                batch_size=args.batch_size, progress=False, image_format=args.image_format,
+                ReportConfig(input=inp, out=tmp / "report", classifier=model_uri, tracking_uri=tracking,
+                             device=args.device, batch_size=args.batch_size, image_format=args.image_format),
+                progress=False,
             )  # fmt: skip
             shutil.rmtree(tmp / "report")
             provenance = {**model_provenance(model_uri, tracking_uri=tracking), "uri": model_uri}
         else:
             provenance = {"name": f"untrained {args.backbone}", "version": None, "run_id": None, "uri": None}
-        loaded = LoadedClassifier(module, dict(meta), provenance)
+        loaded = ClassifierBundle.of(module, meta, provenance)
         warm = run_report(
-            inp, tmp / "report", classifier=loaded, device=args.device, batch_size=args.batch_size, progress=False,
-            image_format=args.image_format,
+            ReportConfig(input=inp, out=tmp / "report", device=args.device, batch_size=args.batch_size,
+                         image_format=args.image_format),
+            classifier=loaded, progress=False,
         )  # fmt: skip
 
     n = len(files)

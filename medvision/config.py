@@ -11,11 +11,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from medvision.errors import ConfigError
 
@@ -341,39 +342,154 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 
 class DeidentifyConfig(_Strict):
-    """``deidentify:`` of a report config: DICOM PS3.15 Basic Profile and its options
-    (:mod:`medvision.reporting.deid`)."""
+    """``deidentify:`` of a report: DICOM PS3.15 Basic Profile and its options (:mod:`medvision.reporting.deid`)."""
 
     enabled: bool = False
     retain_dates: bool = Field(True, description="Retain Longitudinal Temporal Information with Modified Dates.")
     clean_descriptors: bool = Field(False, description="Keep descriptions and comments, cleaned of identifiers.")
     retain_device_identity: bool = Field(False, description="Keep station names, serial numbers and device ids.")
+    salt: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="The de-identification secret (default: a new random one, so pseudonyms differ per run and"
+        " nothing is reused); never written. `medvision report` takes it from $MEDVISION_REPORT_SALT, never from a"
+        " config file.",
+    )
+
+    @field_validator("salt", mode="before")
+    @classmethod
+    def _no_empty_salt(cls, value: Any) -> Any:
+        return value or None  # an empty salt is no salt: a random one is drawn
 
 
 class ReportConfig(_Strict):
-    """A ``medvision report --config`` file; each command-line option given overrides its key."""
+    """Everything a report run takes (:func:`medvision.reporting.batch.run_report`), validated once.
 
-    classifier: str | None = None
-    detector: str | None = None
-    device: str = "cpu"
-    batch_size: int = Field(8, ge=1)
-    image_format: Literal["png", "jpeg"] = "png"
-    secondary_capture: bool = False
-    tracking_uri: str | None = None
+    ``medvision report`` builds it from its ``--config`` file and its options (an option given wins over the
+    file's key): :func:`load_report_config`. Bad values raise :class:`~medvision.errors.ConfigError` naming
+    the option (``--device``, ``--image-format``, ``--batch-size``) or the key.
+
+    Example:
+        >>> cfg = ReportConfig(input="incoming", out="report", image_format="jpeg")
+        >>> cfg.batch_size, cfg.out.is_absolute()
+        (8, True)
+    """
+
+    input: Path = Field(description="The folder of studies (walked recursively).")
+    out: Path = Field(
+        description="The report folder: replaced when it holds an earlier report, refused when it holds anything else."
+    )
+    classifier: str | None = Field(
+        None, description="Pneumonia classifier URI (default models:/pneumonia-classifier@champion, else @candidate)."
+    )
+    detector: str | None = Field(
+        None, description="Tumour detector URI (default models:/tumor-detector@champion, else @candidate)."
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="The MLflow store holding the models (default: MLflow's current one, then $MLFLOW_TRACKING_URI,"
+        " then ./mlflow.db).",
+    )
+    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png",
+        description="png (lossless) or jpeg (quality 90) for the overlays and key slices: jpeg makes the report about"
+        " five times smaller and its rendering about four times faster (benchmarks/bench_report.py).",
+    )
+    batch_size: int = Field(8, description="Radiographs per forward pass.")
+    secondary_capture: bool = Field(
+        False,
+        description="Also file each DICOM study's key picture (overlay or key slice) into its study as a DICOM"
+        " Secondary Capture (sc/<key>.dcm; medvision.reporting.sc).",
+    )
+    title: str = Field("medvision batch report", description="The report's title.")
     deidentify: DeidentifyConfig = Field(default_factory=DeidentifyConfig)
 
+    @field_validator("input", "out")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
 
-def load_report_config(path: str | Path) -> ReportConfig:
-    """Read a report config (YAML); errors name the file, the key and what is allowed.
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise ConfigError("--device", f"unknown device {device!r}", "use cpu or cuda")
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "--device", f"{device} was asked for but no CUDA device is available", "use --device cpu"
+                )
+        return device
+
+    @field_validator("image_format", mode="before")
+    @classmethod
+    def _known_format(cls, value: Any) -> Any:
+        if not isinstance(value, str) or value not in ("png", "jpeg"):
+            raise ConfigError("--image-format", f"unknown format {value!r}", "use png or jpeg")
+        return value
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _positive_batch(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError("--batch-size", f"must be an integer >= 1, got {value!r}", "use e.g. 8")
+        return value
+
+
+def load_report_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+) -> ReportConfig:
+    """Read a report config (YAML), put ``overrides`` over it and validate the result once.
+
+    Args:
+        path: the YAML file (``None``: no file, only ``overrides``).
+        overrides: keys that win over the file's (``deidentify`` key by key); ``None`` values are ignored.
+        defaults: top-level keys used where neither the file nor ``overrides`` gives one (``None`` values are
+            ignored), e.g. ``tracking_uri`` from ``$MLFLOW_TRACKING_URI``.
+
+    Example:
+        >>> cfg = load_report_config(None, {"input": "in", "out": "report", "device": None})
+        >>> cfg.device, cfg.deidentify.enabled
+        ('cpu', False)
 
     Raises:
-        ConfigError: a missing file, bad YAML, an unknown key or a bad value.
+        ConfigError: a missing file, bad YAML, an unknown key, a salt in the file or a bad value.
     """
-    path = Path(path)
-    tree = _read_yaml(path, "report config", "configs/report_deidentified.yaml")
-    if not isinstance(tree, dict):
-        raise ConfigError(path, "the report config must be a YAML mapping", "see configs/report_deidentified.yaml")
+    tree: dict[str, Any] = {}
+    source = "report options"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        read = _read_yaml(path, "report config", "configs/report_deidentified.yaml")
+        if not isinstance(read, dict):
+            raise ConfigError(path, "the report config must be a YAML mapping", "see configs/report_deidentified.yaml")
+        deid = read.get("deidentify")
+        if isinstance(deid, dict) and "salt" in deid:
+            raise ConfigError(
+                path,
+                "deidentify.salt: the salt is never read from a config file (the file may travel with the report)",
+                "remove the key and set $MEDVISION_REPORT_SALT",
+            )
+        tree = dict(read)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping):
+            base = tree.get(key, {})
+            if not isinstance(base, Mapping):
+                continue  # the file's bad value: validation names it
+            value = {**base, **{k: v for k, v in value.items() if v is not None}}
+        if value is not None:
+            tree[key] = value
+    for key, value in (defaults or {}).items():
+        if value is not None:
+            tree.setdefault(key, value)
+    fix = "fix the key or value in the YAML" if path is not None else "fix the key or value"
     try:
         return ReportConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(path, _validation_message(ReportConfig, exc), "fix the key or value in the YAML") from None
+        raise ConfigError(source, _validation_message(ReportConfig, exc), fix) from None

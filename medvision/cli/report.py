@@ -1,8 +1,10 @@
 """``medvision report``: a folder of studies in, a radiologist's report folder out.
 
-The command parses its options and calls :func:`medvision.reporting.batch.run_report`; it holds no
-logic. Errors are :class:`~medvision.errors.MedvisionError` and become one line on stderr with exit
-status 3 (``medvision --debug report ...`` shows the traceback); Ctrl-C stops cleanly with status 130.
+The command builds one :class:`~medvision.config.ReportConfig` from its ``--config`` file and its options
+(an option given wins over the file's key), validated once, and calls
+:func:`medvision.reporting.batch.run_report`; it holds no other logic. Errors are
+:class:`~medvision.errors.MedvisionError` and become one line on stderr with exit status 3
+(``medvision --debug report ...`` shows the traceback); Ctrl-C stops cleanly with status 130.
 A tracking store that does not exist is refused (status 3), never created.
 
 The de-identification salt of ``--deidentify`` comes from ``$MEDVISION_REPORT_SALT`` when set (the same
@@ -78,51 +80,33 @@ def report(
 ) -> None:
     """Write a prioritised report (HTML, PDF, CSV, JSON, DICOM SR, optionally DICOM Secondary Capture) of every
     study below --input."""
-    from medvision.config import ReportConfig, load_report_config
+    from medvision.config import load_report_config
     from medvision.reporting.batch import format_summary, run_report
-    from medvision.reporting.deid import DeidOptions
 
-    cfg = load_report_config(config) if config is not None else ReportConfig()
-    given = {
-        "classifier": classifier,
-        "detector": detector,
-        "device": device,
-        "batch_size": batch_size,
-        "image_format": image_format,
-        "tracking_uri": tracking_uri,
-        "secondary_capture": secondary_capture,
-    }
-    if not given_on_command_line(ctx, "tracking_uri"):
-        given["tracking_uri"] = None  # $MLFLOW_TRACKING_URI comes after the config's tracking_uri
-    settings = {key: value if value is not None else getattr(cfg, key) for key, value in given.items()}
-    if settings["tracking_uri"] is None:
-        settings["tracking_uri"] = tracking_uri
-    deid = cfg.deidentify
     options = {
         "retain_dates": retain_dates,
         "clean_descriptors": clean_descriptors,
         "retain_device_identity": retain_device_identity,
     }
-    enabled = deid.enabled if deidentify is None else deidentify
-    if not enabled and any(value is not None for value in options.values()):
+    given = {
+        "input": input_dir,
+        "out": out,
+        "classifier": classifier,
+        "detector": detector,
+        "device": device,
+        "batch_size": batch_size,
+        "image_format": image_format,
+        # $MLFLOW_TRACKING_URI comes after the config's tracking_uri: only a typed --tracking-uri wins over it.
+        "tracking_uri": tracking_uri if given_on_command_line(ctx, "tracking_uri") else None,
+        "secondary_capture": secondary_capture,
+        "deidentify": {"enabled": deidentify, **options, "salt": os.environ.get(SALT_ENV) or None},
+    }
+    # The one validation: the file, the options given over it, then $MLFLOW_TRACKING_URI where neither names a store.
+    cfg = load_report_config(config, given, defaults={"tracking_uri": tracking_uri})
+    if not cfg.deidentify.enabled and any(value is not None for value in options.values()):
         named = ", ".join(f"--{key.replace('_', '-')}" for key, value in options.items() if value is not None)
         raise typer.BadParameter(f"{named} only applies with --deidentify", param_hint="--deidentify")
-    chosen = DeidOptions(**{key: getattr(deid, key) if value is None else value for key, value in options.items()})
 
-    summary = run_report(
-        input_dir,
-        out,
-        classifier_uri=settings["classifier"],
-        detector_uri=settings["detector"],
-        device=settings["device"],
-        batch_size=settings["batch_size"],
-        deidentify=enabled,
-        deid_options=chosen,
-        progress=progress,
-        tracking_uri=settings["tracking_uri"],
-        deid_salt=os.environ.get(SALT_ENV) or None,
-        image_format=settings["image_format"],
-        secondary_capture=settings["secondary_capture"],
-    )
+    summary = run_report(cfg, progress=progress)
     typer.echo(format_summary(summary))
     typer.echo(f"report: {summary['index']}")

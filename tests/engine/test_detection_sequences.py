@@ -106,6 +106,7 @@ def test_predict_finds_the_tumour_and_refuses_a_volume_without_the_sequences(tra
 
 
 def test_the_report_lists_a_volume_without_the_sequences_as_a_failure_and_goes_on(trained, tmp_path) -> None:
+    from medvision.config import ReportConfig
     from medvision.engine.detect import load_detector
     from medvision.reporting import run_report
 
@@ -115,7 +116,7 @@ def test_the_report_lists_a_volume_without_the_sequences_as_a_failure_and_goes_o
     source = trained["datalist"].parent / "imagesTr" / "CASE_002.nii.gz"
     (studies / "four.nii.gz").write_bytes(source.read_bytes())
     nib.save(nib.Nifti1Image(np.asarray(nib.load(source).dataobj)[..., 0], AFFINE), studies / "one.nii.gz")
-    summary = run_report(studies, tmp_path / "out", detector=bundle, progress=False)
+    summary = run_report(ReportConfig(input=studies, out=tmp_path / "out"), detector=bundle, progress=False)
     assert summary["failed"] == 1 and summary["studies"] == 1  # studies reported; the failure listed apart
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows

@@ -20,6 +20,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from medvision.config import ReportConfig
 from medvision.errors import InputError
 from medvision.reporting.batch import CACHE_NAME, ROW_KEYS, format_summary, run_report
 from tests.reporting.conftest import FakeDetector, MixedFolder
@@ -30,8 +31,9 @@ N_OK_RADIOGRAPHS = 3  # DX, CR, DX
 N_ROWS = 12  # 3 radiographs + pixel-cut DX + CT + NIfTI | mask, US, hand | header-cut, empty, text
 
 
-def _run(mixed: MixedFolder, out: Path, uri: str, detector=None, **kwargs):
-    return run_report(mixed.root, out, tracking_uri=uri, detector=detector, progress=False, **kwargs)
+def _run(mixed: MixedFolder, out: Path, uri: str, detector=None, **options):
+    return run_report(ReportConfig(input=mixed.root, out=out, tracking_uri=uri, **options), detector=detector,
+                      progress=False)  # fmt: skip
 
 
 def _rows(out: Path) -> list[dict]:
@@ -213,8 +215,7 @@ def test_deidentified_report_holds_no_identifier_of_the_input(
         out,
         registered_classifier,
         FakeDetector(),
-        deidentify=True,
-        deid_salt="test-salt",
+        deidentify={"enabled": True, "salt": "test-salt"},
         secondary_capture=True,
     )
     assert summary["deidentified"] is True and summary["input"] is None
@@ -272,8 +273,7 @@ def test_deidentified_report_holds_no_identifier_of_the_input(
         out,
         registered_classifier,
         FakeDetector(),
-        deidentify=True,
-        deid_salt="test-salt",
+        deidentify={"enabled": True, "salt": "test-salt"},
         secondary_capture=True,
     )
     assert again["reused"] == N_OK_RADIOGRAPHS + 2
@@ -285,12 +285,12 @@ def test_out_folder_that_is_not_a_report_is_never_replaced(mixed: MixedFolder, t
     out.mkdir()
     (out / "thesis.docx").write_text("years of work")
     with pytest.raises(InputError, match="is not a medvision report"):
-        run_report(mixed.root, out, progress=False)
+        run_report(ReportConfig(input=mixed.root, out=out), progress=False)
     assert (out / "thesis.docx").read_text() == "years of work"
     with pytest.raises(InputError, match="holds the input folder"):
-        run_report(mixed.root, mixed.root.parent, progress=False)
+        run_report(ReportConfig(input=mixed.root, out=mixed.root.parent), progress=False)
     with pytest.raises(InputError, match="no such folder"):
-        run_report(tmp_path / "missing", tmp_path / "r", progress=False)
+        run_report(ReportConfig(input=tmp_path / "missing", out=tmp_path / "r"), progress=False)
     assert not (tmp_path / "r").exists()
 
 
@@ -334,7 +334,8 @@ def test_a_radiograph_series_of_two_images_is_one_study_and_a_bad_image_is_liste
     data = (folder / "IM3.dcm").read_bytes()
     (folder / "IM3.dcm").write_bytes(data[: len(data) - 1000])  # pixels cut short
     out = tmp_path / "out"
-    summary = run_report(tmp_path / "in", out, tracking_uri=registered_classifier, progress=False)
+    config = ReportConfig(input=tmp_path / "in", out=out, tracking_uri=registered_classifier)
+    summary = run_report(config, progress=False)
     row, failed = _rows(out)
     assert summary["studies"] == 1 and summary["failed"] == 1
     assert row["status"] == "ok" and row["source"] == "series"
@@ -354,7 +355,7 @@ def test_a_radiograph_series_of_two_images_is_one_study_and_a_bad_image_is_liste
     assert sorted(listed) == sorted(str(u) for u in sources)  # the evidence is what the finding rests on
 
     # Re-run: the study and its failure row come back from the cache.
-    again = run_report(tmp_path / "in", out, tracking_uri=registered_classifier, progress=False)
+    again = run_report(config, progress=False)
     assert again["reused"] == 1 and _rows(out) == [row, failed]
 
 
@@ -365,16 +366,31 @@ def test_a_classifier_without_feature_layer_reports_without_heatmap(mixed: Mixed
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.mean(dim=(1, 2, 3))[:, None] * 4.0
 
-    metadata = {"image_size": 32, "keep_aspect": True, "mean": 0.5, "std": 0.25, "temperature": 1.0,
-                "threshold": 0.5, "intended_use": "test", "name": "mean-model", "version": 1}  # fmt: skip
+    metadata = {"backbone": "mean", "image_size": 32, "keep_aspect": True, "mean": 0.5, "std": 0.25,
+                "temperature": 1.0, "threshold": 0.5, "intended_use": "test",
+                "name": "mean-model", "version": 1}  # fmt: skip
     out = tmp_path / "out"
-    run_report(mixed.root, out, classifier=(Mean(), metadata), detector=FakeDetector(), progress=False)
+    run_report(ReportConfig(input=mixed.root, out=out), classifier=(Mean(), metadata), detector=FakeDetector(),
+               progress=False)  # fmt: skip
     rows = [r for r in _rows(out) if r["task"] == "classification" and r["status"] == "ok"]
     assert len(rows) == N_OK_RADIOGRAPHS
     for row in rows:
         (image,) = row["images"]
         assert image["kind"] == "image" and "no heatmap" in image["caption"]
         assert row["model"]["name"] == "mean-model" and row["model"]["intended_use"] == "test"
+
+
+def test_a_classifier_whose_contract_does_not_fit_is_refused_before_any_work(mixed: MixedFolder, tmp_path) -> None:
+    import torch
+
+    from medvision.errors import ModelFormatError
+
+    metadata = {"backbone": "x", "keep_aspect": True, "mean": 0.5, "std": 0.25, "threshold": 0.5, "intended_use": "t"}
+    with pytest.raises(ModelFormatError, match="image_size") as info:
+        run_report(ReportConfig(input=mixed.root, out=tmp_path / "out"), classifier=(torch.nn.Identity(), metadata),
+                   detector=FakeDetector(), progress=False)  # fmt: skip
+    assert "register the model again" in info.value.fix
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_error_is_one_line_with_exit_status_3(tmp_path: Path) -> None:
@@ -436,8 +452,9 @@ def test_secondary_capture_files_the_key_picture_into_its_study(
     ds.PatientOrientation = ["L", "F"]
     ds.save_as(oriented)
     out = tmp_path / "report"
-    run_report(root, out, tracking_uri=registered_classifier, detector=FakeDetector(), progress=False,
-               image_format="jpeg", secondary_capture=True)  # fmt: skip
+    config = ReportConfig(input=root, out=out, tracking_uri=registered_classifier, image_format="jpeg",
+                          secondary_capture=True)  # fmt: skip
+    run_report(config, detector=FakeDetector(), progress=False)
     by_source = _by_source(_rows(out))
     rel = lambda p: p.relative_to(mixed.root).as_posix()  # noqa: E731
 
@@ -466,3 +483,20 @@ def test_secondary_capture_files_the_key_picture_into_its_study(
     with Image.open(out / ct["images"][0]["path"]) as picture:
         assert ct_sc.pixel_array.shape == (picture.height, picture.width, 3)
     assert by_source[rel(mixed.nifti)]["secondary_capture_path"] is None  # no DICOM study to file it into
+
+
+def test_a_pdf_that_cannot_be_printed_is_said_not_pointed_at(mixed: MixedFolder, tmp_path, monkeypatch) -> None:
+    import torch
+
+    class Mean(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(1, 2, 3))[:, None]
+
+    metadata = {"backbone": "mean", "image_size": 32, "mean": 0.5, "std": 0.25, "threshold": 0.5, "intended_use": "t"}
+    monkeypatch.setenv("MEDVISION_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    out = tmp_path / "out"
+    summary = run_report(ReportConfig(input=mixed.root, out=out), classifier=(Mean(), metadata),
+                         detector=FakeDetector(), progress=False)  # fmt: skip
+    assert summary["pdf"] is None and not (out / "report.pdf").exists()
+    assert "no report.pdf (index.html says why)" in format_summary(summary)
+    assert 'data-status="failed"' in (out / "index.html").read_text()
