@@ -293,7 +293,7 @@ def write_pdf_reportlab(
 
 INTENDED_CXR = "Triage of adult chest radiographs for pneumonia; a radiologist reads every study."
 INTENDED_CT = "Prioritisation of CT/MR volumes with suspected tumour; not a diagnosis."
-DISPLAY_PX = 512  # medvision.reporting.batch.DISPLAY_SIZE
+DISPLAY_PX = 512  # medvision.reporting.radiographs.DISPLAY_SIZE
 
 
 def _model(name: str, version: int, run_id: str, intended_use: str) -> dict:

@@ -96,3 +96,14 @@ def test_the_models_room_never_reaches_mlflow_or_the_tracking_room() -> None:
         if name.startswith("medvision.models"):
             assert not {i for i in _imports(path, known) if i.startswith("medvision.tracking")}, name
             assert "import mlflow" not in path.read_text() and "from mlflow" not in path.read_text(), name
+
+
+def test_the_readme_names_every_module_of_the_engine_and_the_report() -> None:
+    """The README's "What is here" table is the map a newcomer reads: it names each module of these rooms."""
+    readme = (ROOT.parent / "README.md").read_text()
+    table = readme[readme.index("## What is here") : readme.index("## The command line")]
+    for room in ("engine", "reporting"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| `medvision/{room}`"))
+        for path in sorted((ROOT / room).glob("*.py")):
+            if not path.name.startswith("_"):
+                assert f"`{path.name}`" in row, f"README What is here: medvision/{room}/{path.name} is not named"

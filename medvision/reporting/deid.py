@@ -38,9 +38,10 @@ patient the same pseudonym across studies, keeps the interval between studies, a
 faster. Neither applies the whole table, so medvision takes dicognito's consistent replacements and puts
 the table in front of them (step 1): 0 original values left, a little faster than dicognito alone.
 
-The salt (``MEDVISION_REPORT_SALT`` for the CLI, ``deid_salt`` of
-:func:`~medvision.reporting.batch.run_report`) is never written into the report; without one a random
-salt is drawn for each report, so its pseudonyms cannot be linked to another report's.
+The salt (``MEDVISION_REPORT_SALT`` for the CLI, ``deidentify.salt`` of the
+:class:`~medvision.config.ReportConfig` that :func:`~medvision.reporting.batch.run_report` takes) is never
+written into the report; without one a random salt is drawn for each report, so its pseudonyms cannot be
+linked to another report's.
 
 Example:
     >>> d = Deidentifier("s3cret")
@@ -538,7 +539,7 @@ class Deidentifier:
         """A copy of a report row with its identifiers replaced (as in the study's de-identified headers).
 
         Args:
-            row: a results row (see :mod:`medvision.reporting.batch`).
+            row: a results row (see :mod:`medvision.reporting.rows`).
             source_paths: absolute paths that the row's ``reason`` may quote; replaced by the
                 pseudonymised ``source``.
             study_time: the study's StudyTime (the date moves with it, as in the headers).
