@@ -16,7 +16,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -299,16 +298,10 @@ class ClassificationTask:
         return evaluate_classifier(model, meta, model_uri, data_format, data_path, **options)
 
 
-def train_classification(
-    cfg: ExperimentConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    config_path: str | os.PathLike[str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> TrainResult:
-    """Train, evaluate and register a pneumonia classifier as ``cfg`` describes (:func:`medvision.engine.loop.fit`)."""
-    return fit(ClassificationTask(cfg), cfg, resume=resume, progress=progress, config_path=config_path, tags=tags)
+def train_classification(cfg: ExperimentConfig, **options: Any) -> TrainResult:
+    """Train, evaluate and register a pneumonia classifier as ``cfg`` describes (:func:`~medvision.engine.loop.fit`)
+    (``options``: ``resume``, ``progress``, ``config_path``, ``tags``)."""
+    return fit(ClassificationTask(cfg), cfg, **options)
 
 
 def _finish(task: ClassificationTask, result: TrainResult, *, model: nn.Module, tracker: Any, paths: RunPaths) -> None:

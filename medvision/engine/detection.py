@@ -20,7 +20,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -328,16 +327,10 @@ class DetectionTask:
         return evaluate_detector(model, meta, model_uri, data_format, data_path, **options)
 
 
-def train_detection(
-    cfg: ExperimentConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    config_path: str | os.PathLike[str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> TrainResult:
-    """Train, evaluate and register a tumour detector as ``cfg`` describes (:func:`medvision.engine.loop.fit`)."""
-    return fit(DetectionTask(cfg), cfg, resume=resume, progress=progress, config_path=config_path, tags=tags)
+def train_detection(cfg: ExperimentConfig, **options: Any) -> TrainResult:
+    """Train, evaluate and register a tumour detector as ``cfg`` describes (:func:`~medvision.engine.loop.fit`)
+    (``options``: ``resume``, ``progress``, ``config_path``, ``tags``)."""
+    return fit(DetectionTask(cfg), cfg, **options)
 
 
 def _key_slice_for(pred: Mapping[str, Any], true_boxes: np.ndarray) -> int:

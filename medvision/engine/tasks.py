@@ -7,8 +7,6 @@ imports the tasks, and the tasks import :mod:`medvision.engine.loop`: the loop n
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from medvision.config import ExperimentConfig
@@ -47,13 +45,7 @@ def get_task(cfg: ExperimentConfig) -> Task:
     return task_class(cfg.task)(cfg)
 
 
-def train(
-    cfg: ExperimentConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    config_path: str | os.PathLike[str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> TrainResult:
-    """Train, evaluate and register the model ``cfg`` describes, whatever its task."""
-    return fit(get_task(cfg), cfg, resume=resume, progress=progress, config_path=config_path, tags=tags)
+def train(cfg: ExperimentConfig, **options: Any) -> TrainResult:
+    """Train, evaluate and register the model ``cfg`` describes, whatever its task: :func:`~medvision.engine.loop.fit`
+    (``options``: ``resume``, ``progress``, ``config_path``, ``tags``)."""
+    return fit(get_task(cfg), cfg, **options)
