@@ -61,16 +61,21 @@ lint: install
 # Debian packages the tests drive: headless Chromium opens index.html, poppler-utils (pdftoppm,
 # pdftotext) reads report.pdf, dcm2niix is the reference DICOM series converter tests/io/test_dcm2niix.py
 # compares with, dicom3tools (dciodvfy) and dcmtk (dsrdump, dcmdump) validate every DICOM object
-# medvision writes (tests/test_validators.py). Installed with apt-get (as root) when missing; `apt-get update` only if needed.
-SYSTEM_DEPS := chromium poppler-utils dcm2niix dicom3tools dcmtk
+# medvision writes (tests/test_validators.py), orthanc with orthanc-dicomweb is the real PACS tests/pacs
+# search, retrieve and store against (DICOMweb and DIMSE; started there as a plain process on free loopback
+# ports, never as the system service; Debian puts the binary in /usr/sbin). Installed with apt-get (as root)
+# when missing; `apt-get update` only if needed.
+SYSTEM_DEPS := chromium poppler-utils dcm2niix dicom3tools dcmtk orthanc orthanc-dicomweb
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $(SYSTEM_DEPS)
 
 system-deps:
 	@if command -v chromium >/dev/null && command -v pdftoppm >/dev/null && command -v pdftotext >/dev/null \
-		&& command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null; then \
-		echo "system packages present: chromium, poppler-utils, dcm2niix, dicom3tools, dcmtk"; \
+		&& command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null \
+		&& { command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc; } \
+		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; then \
+		echo "system packages present: chromium, poppler-utils, dcm2niix, dicom3tools, dcmtk, orthanc, orthanc-dicomweb"; \
 	else \
-		echo "installing $(SYSTEM_DEPS) with apt-get (needed by tests/reporting, tests/io/test_dcm2niix.py and tests/test_validators.py)"; \
+		echo "installing $(SYSTEM_DEPS) with apt-get (needed by tests/reporting, tests/io/test_dcm2niix.py, tests/test_validators.py and tests/pacs)"; \
 		$(APT_INSTALL) || { apt-get -o DPkg::Lock::Timeout=600 update -qq && $(APT_INSTALL); } \
 		|| { echo "error: could not install $(SYSTEM_DEPS); run as root or install them by hand" >&2; exit 1; }; \
 	fi

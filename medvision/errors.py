@@ -87,3 +87,8 @@ class ModelFormatError(TrackingError):
     """A logged model that medvision refuses to load: the old format (pickle or ``torch.export``), a model that
     medvision did not log, or a weights file that fails its sha256 or is not safetensors. Nothing of it is
     unpickled."""
+
+
+class PacsError(MedvisionError):
+    """A PACS (DICOMweb or DIMSE) that cannot be reached, refuses the association or the credentials, or answers
+    a query or retrieval with a failure. ``where`` is the address, never with credentials."""
