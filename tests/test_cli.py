@@ -215,7 +215,10 @@ def test_a_bug_exits_1_and_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> 
 HELP_ARGVS = [
     ["--help"],
     ["--version"],
-    *[[c, "--help"] for c in ("inspect", "demo-data", "train", "evaluate", "predict", "report", "runs", "weights")],
+    *[
+        [c, "--help"]
+        for c in ("inspect", "demo-data", "train", "evaluate", "predict", "report", "listen", "runs", "weights")
+    ],
     *[["runs", c, "--help"] for c in ("list", "compare", "promote", "show")],
     *[["weights", c, "--help"] for c in ("import", "list")],
 ]

@@ -41,7 +41,7 @@ from typer.core import TyperGroup
 from typer.main import get_command
 
 from medvision import __version__
-from medvision.cli import data, report, runs, train, weights
+from medvision.cli import data, listen, report, runs, train, weights
 from medvision.cli._common import (
     EXIT_ERROR,
     EXIT_INTERNAL,
@@ -144,6 +144,7 @@ app.command()(train.train)
 app.command()(train.evaluate)
 app.command()(train.predict)
 app.command("report")(report.report)
+app.command("listen")(listen.listen)
 app.add_typer(weights.app, name="weights", help="Manage ImageNet weights in the torch hub cache.")
 app.add_typer(runs.app, name="runs", help="Review MLflow runs: list, compare, promote, show.")
 
