@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from medvision.errors import ConfigError
+from medvision.pacs.store import RetryPolicy
+from medvision.pacs.uris import DEFAULT_CALLING_AET, check_ae_title, parse_address, parse_query
 
 INTENDED_USE_CXR = (
     "Research and triage support: flags adult and paediatric frontal chest radiographs that may show "
@@ -375,7 +377,10 @@ class ReportConfig(_Strict):
         (8, True)
     """
 
-    input: Path = Field(description="The folder of studies (walked recursively).")
+    input: Path | str = Field(
+        description="The folder of studies (walked recursively), or a PACS address: dicomweb+http(s)://host:port/path"
+        " or dimse://AET@host:port (with `query`)."
+    )
     out: Path = Field(
         description="The report folder: replaced when it holds an earlier report, refused when it holds anything else."
     )
@@ -404,11 +409,87 @@ class ReportConfig(_Strict):
     )
     title: str = Field("medvision batch report", description="The report's title.")
     deidentify: DeidentifyConfig = Field(default_factory=DeidentifyConfig)
+    query: str | None = Field(
+        None,
+        description="With a PACS input: the studies to report, as DICOM matching keys"
+        " (StudyDate=20261125-20261126&ModalitiesInStudy=CR).",
+    )
+    calling_aet: str = Field(DEFAULT_CALLING_AET, description="medvision's AE title towards a DIMSE PACS.")
+    ca_bundle: Path | None = Field(None, description="PEM file of the certificate authorities to trust (TLS).")
+    credentials: Path | None = Field(
+        None,
+        description="PACS credentials file ({username, password} or {token}, chmod 600); default: the environment"
+        " (MEDVISION_PACS_USER and MEDVISION_PACS_PASSWORD, or MEDVISION_PACS_TOKEN).",
+    )
+    pacs_cache: Path | None = Field(
+        None, description="Where studies retrieved from a PACS are kept (default: <out>.pacs-cache beside the report)."
+    )
+    store: str | None = Field(
+        None,
+        description="Send each study's SR (and secondary capture) to this PACS as soon as its row is written:"
+        " dicomweb+http(s)://host:port/path or dimse://AET@host:port.",
+    )
+    store_attempts: int = Field(
+        RetryPolicy.attempts, ge=1, description="Sends per object, the first included (backoff between)."
+    )
+    store_base_delay: float = Field(
+        RetryPolicy.base_delay, ge=0.0, description="Seconds before the second attempt (then doubled)."
+    )
+    store_max_delay: float = Field(RetryPolicy.max_delay, ge=0.0, description="The longest wait between two attempts.")
 
-    @field_validator("input", "out")
+    @field_validator("input", mode="before")
     @classmethod
-    def _absolute(cls, path: Path) -> Path:
-        return path.expanduser().resolve()
+    def _folder_or_pacs(cls, value: Any) -> Any:
+        if isinstance(value, str) and "://" in value:
+            parse_address(value, "--input")  # a ConfigError naming --input when it is not a PACS address
+            return value.strip()
+        return Path(value).expanduser().resolve() if isinstance(value, str | Path) else value
+
+    @model_validator(mode="after")
+    def _pacs_input_has_a_query(self) -> ReportConfig:
+        if isinstance(self.input, str) and not self.query:
+            raise ConfigError(
+                "--query", f"a PACS input ({self.input}) needs a query naming the studies to report",
+                "e.g. --query 'StudyDate=20261125-20261126&ModalitiesInStudy=CR'",
+            )  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _no_deidentified_store(self) -> ReportConfig:
+        # A de-identified SR or SC references pseudonymised UIDs: filed into the PACS it would start new
+        # studies that belong to no patient there. Sharing is the report folder's job, not the PACS's.
+        if self.store and self.deidentify.enabled:
+            raise ConfigError(
+                "--store", "a de-identified report's SR and secondary capture belong to no study in the PACS",
+                "store the report without --deidentify, and share a de-identified copy made apart",
+            )  # fmt: skip
+        return self
+
+    @field_validator("store")
+    @classmethod
+    def _store_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_address(value, "--store")
+        return value.strip()
+
+    @field_validator("calling_aet")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value, "--calling-aet")
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_query(value, "--query")
+        return value.strip()
+
+    @field_validator("out", "ca_bundle", "credentials", "pacs_cache")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
 
     @field_validator("device")
     @classmethod

@@ -29,8 +29,13 @@ SALT_ENV = "MEDVISION_REPORT_SALT"
 
 def report(
     ctx: typer.Context,
-    input_dir: Path = typer.Option(..., "--input", help="Folder of studies: DICOM files and series, NIfTI volumes."),
-    out: Path = typer.Option(..., "--out", help="Report folder (replaced when it holds an earlier report)."),
+    input_dir: str | None = typer.Option(
+        None,
+        "--input",
+        help="Folder of studies (DICOM files and series, NIfTI volumes), or a PACS: dicomweb+http(s)://host:port/path"
+        " or dimse://AET@host:port (with --query).",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (replaced when it holds an earlier report)."),
     config: Path | None = typer.Option(
         None, "--config", help="Report config (YAML, e.g. configs/report_deidentified.yaml); options given here win."
     ),
@@ -76,12 +81,51 @@ def report(
         help="Also file each DICOM study's key picture (overlay or key slice) into its study as a DICOM Secondary"
         " Capture (sc/<key>.dcm).",
     ),
+    query: str | None = typer.Option(
+        None,
+        "--query",
+        help="With a PACS --input: the studies, e.g. 'StudyDate=20261125-20261126&ModalitiesInStudy=CR'.",
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Send each study's SR (and secondary capture) to this PACS as its row is written:"
+        " dicomweb+http(s)://host:port/path or dimse://AET@host:port.",
+    ),
+    store_attempts: int | None = typer.Option(
+        None, "--store-attempts", min=1, help="Sends per object with --store, the first included (default 3)."
+    ),
+    calling_aet: str | None = typer.Option(
+        None, "--calling-aet", help="medvision's DIMSE AE title (default MEDVISION)."
+    ),
+    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help="PEM file of the CAs to trust for the PACS (TLS)."),
+    credentials: Path | None = typer.Option(
+        None,
+        "--credentials",
+        help="PACS credentials file ({username, password} or {token}, chmod 600); default: $MEDVISION_PACS_USER and"
+        " $MEDVISION_PACS_PASSWORD, or $MEDVISION_PACS_TOKEN.",
+    ),
+    pacs_cache: Path | None = typer.Option(
+        None, "--pacs-cache", help="Where studies retrieved from a PACS are kept (default <out>.pacs-cache)."
+    ),
+    resend: Path | None = typer.Option(
+        None,
+        "--resend",
+        help="Send again the SR/SC of every row of this report that is not stored (with --store); no model is loaded.",
+    ),
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Write a prioritised report (HTML, PDF, CSV, JSON, DICOM SR, optionally DICOM Secondary Capture) of every
-    study below --input."""
+    study below --input (a folder or a PACS), optionally sent to a PACS (--store)."""
     from medvision.config import load_report_config
     from medvision.reporting.batch import format_summary, run_report
+
+    if resend is not None:
+        _resend(resend, store, calling_aet, ca_bundle, credentials, store_attempts)
+        return
+    if input_dir is None or out is None:
+        missing = "--input" if input_dir is None else "--out"
+        raise typer.BadParameter(f"{missing} is required (or --resend OUT --store ADDRESS)", param_hint=missing)
 
     options = {
         "retain_dates": retain_dates,
@@ -99,6 +143,13 @@ def report(
         # $MLFLOW_TRACKING_URI comes after the config's tracking_uri: only a typed --tracking-uri wins over it.
         "tracking_uri": tracking_uri if given_on_command_line(ctx, "tracking_uri") else None,
         "secondary_capture": secondary_capture,
+        "query": query,
+        "store": store,
+        "store_attempts": store_attempts,
+        "calling_aet": calling_aet,
+        "ca_bundle": ca_bundle,
+        "credentials": credentials,
+        "pacs_cache": pacs_cache,
         "deidentify": {"enabled": deidentify, **options, "salt": os.environ.get(SALT_ENV) or None},
     }
     # The one validation: the file, the options given over it, then $MLFLOW_TRACKING_URI where neither names a store.
@@ -110,3 +161,26 @@ def report(
     summary = run_report(cfg, progress=progress)
     typer.echo(format_summary(summary))
     typer.echo(f"report: {summary['index']}")
+
+
+def _resend(
+    out: Path,
+    store: str | None,
+    calling_aet: str | None,
+    ca_bundle: Path | None,
+    credentials: Path | None,
+    attempts: int | None,
+) -> None:
+    """``--resend OUT --store ADDRESS``: one summary line; exit status 3 when some objects are still not stored."""
+    from medvision.errors import ConfigError
+    from medvision.pacs import DEFAULT_CALLING_AET, RetryPolicy, check_ae_title
+    from medvision.reporting.pacs import format_resend, resend
+
+    if not store:
+        raise ConfigError("--resend", "needs --store ADDRESS (where to send)", "e.g. --store dimse://ORTHANC@pacs:4242")
+    aet = check_ae_title(calling_aet or DEFAULT_CALLING_AET, "--calling-aet")
+    retry = RetryPolicy(attempts=attempts) if attempts else RetryPolicy()
+    done = resend(out, store, credentials=credentials, calling_aet=aet, ca_bundle=ca_bundle, retry=retry)
+    typer.echo(format_resend(done))
+    if done["not_stored"]:
+        raise typer.Exit(3)

@@ -37,6 +37,14 @@ study (a hash of its files' relative paths, sizes and modification times, the mo
 run id, and the report format) to its row and files; a study whose key is unchanged is copied from the
 previous report instead of being recomputed, and the summary says how many were.
 
+PACS (:mod:`medvision.reporting.pacs`): ``config.input`` may be a PACS address (``dicomweb+http(s)://...`` or
+``dimse://AET@host:port``) with ``config.query``: the studies found are retrieved into the PACS cache (default
+``<out>.pacs-cache``, beside the report) and exactly those study folders are reported, as a folder holding the
+same files would be (``source`` names the address and the path below the cache); a study that cannot be
+retrieved is a failed row. With ``config.store`` each study's SR (and SC) is sent from the temporary folder as
+soon as its row is written, and the row's ``stored`` says ``ok``, ``failed: <reason>`` or ``not_applicable``;
+``medvision report --resend OUT --store ADDRESS`` sends what was not stored.
+
 Privacy: rows, pages and SR show the identifiers as the source does (the report stays with the
 radiologist). With ``deidentify.enabled`` they are replaced consistently (:mod:`medvision.reporting.deid`)
 everywhere, file names, paths and the cache included; the salt is never written. Nothing goes to
@@ -61,6 +69,7 @@ from typing import Any
 
 from medvision.config import DeidentifyConfig, ReportConfig
 from medvision.errors import InputError
+from medvision.pacs import RetryPolicy
 from medvision.reporting.cache import CACHE_NAME, REPORT_FORMAT, _cache_key, _load_cache, _reuse, _save_cache
 from medvision.reporting.deid import Deidentifier, DeidOptions
 from medvision.reporting.discover import CLASSIFICATION, DETECTION, FAILED, NOT_APPLICABLE, Discovery, discover
@@ -73,6 +82,15 @@ from medvision.reporting.models import (
     _detector_model,
 )
 from medvision.reporting.output import _check_out, _clean_stale, _is_report, _move_into_place, _new_tmp
+from medvision.reporting.pacs import (
+    PacsFetch,
+    ReportSender,
+    fetch_studies,
+    is_pacs_address,
+    not_stored,
+    open_store,
+    pacs_cache_dir,
+)
 from medvision.reporting.radiographs import _classify
 from medvision.reporting.rows import ROW_KEYS, _base_row, _failed, _order, _Run, _write_results
 from medvision.reporting.volumes import _detect
@@ -112,8 +130,10 @@ def run_report(
 
     Args:
         config: what to report and how (:class:`~medvision.config.ReportConfig`, validated when it was built):
-            ``input``, ``out``, ``classifier`` and ``detector`` (registered model URIs), ``tracking_uri``,
-            ``device``, ``batch_size``, ``image_format``, ``secondary_capture``, ``title`` and ``deidentify``
+            ``input`` (a folder or a PACS address, with ``query``, ``calling_aet``, ``ca_bundle``, ``credentials``,
+            ``pacs_cache``), ``store`` (with ``store_attempts`` and its backoff), ``out``, ``classifier`` and
+            ``detector`` (registered model URIs), ``tracking_uri``, ``device``, ``batch_size``, ``image_format``,
+            ``secondary_capture``, ``title`` and ``deidentify``
             (enabled, the PS3.15 options, the salt).
         classifier: a ready :class:`LoadedClassifier` (or ``(module, metadata)``) instead of
             ``config.classifier`` (tests, notebooks, benchmarks).
@@ -122,11 +142,14 @@ def run_report(
 
     Returns:
         The summary: ``studies_read``, ``studies``, ``flagged``, ``failed``, ``not_applicable``,
-        ``reused``, ``seconds``, ``timings`` (seconds in ``load``, ``network``, ``gradcam``,
-        ``write``, ``render``), ``out_dir``, ``index``, ``pdf``, ``deidentified``.
+        ``reused``, ``stored_failed`` (rows whose objects the PACS of ``store`` did not confirm), ``seconds``,
+        ``timings`` (seconds in ``load``, ``network``, ``gradcam``, ``write``, ``render``), ``out_dir``, ``index``,
+        ``pdf``, ``deidentified``.
 
     Raises:
         InputError: ``config.input`` is not a folder, or ``config.out`` is something else than a report.
+        PacsError: the PACS search failed (nothing is written; a study that cannot be retrieved is a failed row).
+        ConfigError: a PACS cache inside ``config.out``, or a credentials file that cannot be used.
         ModelFormatError: a registered model that medvision refuses to load (the old pickle format, or weights
             that fail their check); no report is written and the previous one is unchanged.
         TrackingError: a model is needed but the local tracking store does not exist (nothing is created; no
@@ -137,11 +160,26 @@ def run_report(
     when the :class:`~medvision.config.ReportConfig` is built, before anything runs.
     """
     started = time.perf_counter()
-    root, out = config.input, config.out
-    if not root.is_dir():
-        what = "no such folder" if not root.exists() else "is not a folder"
-        raise InputError(root, what, "pass the folder that holds the studies (--input DIR)")
+    out = config.out
+    fetch: PacsFetch | None = None
+    if is_pacs_address(config.input):
+        root = pacs_cache_dir(config.pacs_cache, out)
+    else:
+        root = Path(config.input)
+        if not root.is_dir():
+            what = "no such folder" if not root.exists() else "is not a folder"
+            raise InputError(root, what, "pass the folder that holds the studies (--input DIR)")
     _check_out(root, out)
+    # The store is opened (address, credentials) before any study is retrieved or computed.
+    store = (
+        open_store(config.store, credentials=config.credentials, calling_aet=config.calling_aet,
+                   ca_bundle=config.ca_bundle, retry=RetryPolicy(config.store_attempts, config.store_base_delay,
+                                                                 config.store_max_delay))
+        if config.store else None
+    )  # fmt: skip
+    if is_pacs_address(config.input):
+        # Retrieved before the temporary folder exists: a failed search leaves nothing behind.
+        fetch = fetch_studies(config, root, progress_bar=lambda total, **kw: _progress_bar(total, progress, **kw))
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
 
@@ -155,10 +193,13 @@ def run_report(
         batch_size=config.batch_size,
         suffix=".jpg" if config.image_format == "jpeg" else ".png",
         secondary_capture=config.secondary_capture,
+        source_prefix=fetch.prefix if fetch is not None else None,
+        # Each study's SR and SC go from the temporary folder (complete files) as soon as its row is written.
+        deliver=ReportSender(store, tmp) if store is not None else None,
     )
     try:
         models = (classifier, config.classifier, detector, config.detector, config.tracking_uri)
-        summary = _work(run, out, models, progress=progress, title=config.title, started=started)
+        summary = _work(run, out, models, progress=progress, title=config.title, started=started, fetch=fetch)
         _move_into_place(tmp, out)
     except KeyboardInterrupt:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,17 +224,25 @@ def _deidentifier(deid: DeidentifyConfig) -> Deidentifier | None:
     return Deidentifier(deid.salt.get_secret_value() if deid.salt is not None else None, options)
 
 
-def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, started: float) -> dict[str, Any]:
+def _work(
+    run: _Run, out: Path, models: tuple, *, progress: bool, title: str, started: float, fetch: PacsFetch | None = None
+) -> dict[str, Any]:
     from medvision.reporting.render import render_report
 
     classifier, classifier_uri, detector, detector_uri, tracking_uri = models
 
+    # A PACS input: the cache's folders of the studies retrieved now, nothing else that the cache holds.
+    excluded = fetch.excluded() if fetch is not None else []
     # tqdm writes the count and the unit together: " files" reads "120 files [00:01, 95 files/s]", not "120file".
     reading = _progress_bar(None, progress, desc="reading headers", unit=" files", leave=False)
     try:
-        found: Discovery = discover(run.root, exclude=[out, run.tmp], progress=lambda n: reading.update(n - reading.n))
+        found: Discovery = discover(
+            run.root, exclude=[out, run.tmp, *excluded], progress=lambda n: reading.update(n - reading.n)
+        )
     finally:
         reading.close()
+    for study in fetch.failure_studies() if fetch is not None else []:
+        run.add(_base_row(study, run.key_for(study)), study)  # never silently lost
     run.scratch = run.tmp / ".scratch"
     radiographs, volumes = found.by_route(CLASSIFICATION), found.by_route(DETECTION)
     run.cache_in = _load_cache(out) if run.old_out is not None else {}
@@ -206,7 +255,9 @@ def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, st
         for study in studies:
             rows = _reuse(run, _cache_key(run, study, model))
             if rows is not None:
-                run.rows.extend(rows)
+                for row in rows:
+                    run.rows.append(row)
+                    run.send(row)  # a reused SR has the same UIDs: the PACS updates it, never holds a copy
             else:
                 todo.append(study)
 
@@ -256,7 +307,8 @@ def _work(run: _Run, out: Path, models: tuple, *, progress: bool, title: str, st
         "not_applicable": sum(1 for r in run.rows if r.get("status") == NOT_APPLICABLE),
         "reused": run.reused,
         "deidentified": run.deid is not None,
-        "input": None if run.deid is not None else str(run.root),
+        "input": None if run.deid is not None else (str(fetch.address) if fetch is not None else str(run.root)),
+        "stored_failed": not_stored(run.rows),
     }
     if run.deid is not None:
         summary["deidentification"] = run.deid.options.describe()
@@ -306,4 +358,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         parts.append(f"{reused} {'study' if reused == 1 else 'studies'} reused from the previous report")
     if "pdf" in summary and summary["pdf"] is None:
         parts.append("no report.pdf (index.html says why)")
+    unsent = int(summary.get("stored_failed") or 0)
+    if unsent:
+        parts.append(f"{unsent} not stored (medvision report --resend {summary.get('out_dir')})")
     return f"report: {', '.join(parts)}, {float(summary.get('seconds') or 0):.1f} s -> {summary.get('index')}"

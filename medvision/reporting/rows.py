@@ -14,7 +14,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,14 @@ ROW_KEYS = (
     "images",
     "sr_path",
     "secondary_capture_path",
+    "stored",
     "shareable",
 )
+
+#: ``stored`` of a row: every object confirmed by the PACS of ``--store``; nothing to send (e.g. NIfTI, a failure);
+#: ``failed: <reason>`` otherwise; ``None`` (empty in the CSV) when the report was not sent anywhere.
+STORED_OK = "ok"
+STORED_NOT_APPLICABLE = "not_applicable"
 
 _CSV_KEYS = (
     *ROW_KEYS[:17],
@@ -65,6 +71,7 @@ _CSV_KEYS = (
     "images",
     "sr_path",
     "secondary_capture_path",
+    "stored",
     "shareable",
 )
 
@@ -150,6 +157,10 @@ class _Run:
     scratch: Path | None = None
     suffix: str = ".png"
     secondary_capture: bool = False
+    #: Put before each row's ``source`` (a PACS input: the address; never with ``--deidentify``).
+    source_prefix: str | None = None
+    #: Called with each row as soon as it is written (``--store``): returns the row's ``stored``.
+    deliver: Callable[[dict[str, Any]], str] | None = None
 
     def key_for(self, study: Study) -> str:
         return self.deid.key(study.key) if self.deid is not None else study.key
@@ -179,8 +190,15 @@ class _Run:
             time_of_study = study.meta.get("study_time") if study is not None else None
             row = self.deid.row(row, source_paths=paths, study_time=time_of_study)
             row["shareable"] = study is not None and self.withheld(study) is None
+        elif self.source_prefix and row.get("source"):
+            row["source"] = f"{self.source_prefix}{row['source']}"
         self.rows.append(row)
+        self.send(row)
         return row
+
+    def send(self, row: dict[str, Any]) -> None:
+        """Set the row's ``stored``: sent to the PACS of ``--store`` now (its files are complete), else ``None``."""
+        row["stored"] = self.deliver(row) if self.deliver is not None else None
 
     def tick(self, part: str, start: float) -> float:
         now = time.perf_counter()
@@ -256,11 +274,19 @@ def _write_sc(
 
 def _write_results(run: _Run, summary: Mapping[str, Any], report: Mapping[str, Any]) -> None:
     doc = {"report": dict(report), "summary": dict(summary), "rows": run.rows}
-    (run.tmp / "results.json").write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
-    with (run.tmp / "results.csv").open("w", newline="", encoding="utf-8") as fh:
+    _write_json(run.tmp / "results.json", doc)
+    _write_csv(run.tmp / "results.csv", run.rows)
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(_CSV_KEYS))
         writer.writeheader()
-        for row in run.rows:
+        for row in rows:
             writer.writerow(_csv_row(row))
 
 

@@ -136,3 +136,13 @@ def test_each_report_module_says_what_it_owns_and_imports_only_below_it(name: st
     tree = ast.parse((_REPORTING / f"{name}.py").read_text())
     assert ast.get_docstring(tree), name
     assert _reporting_imports(name) <= _LOWER[name], name
+
+
+def test_a_deidentified_report_is_not_filed_into_a_pacs(tmp_path) -> None:
+    from medvision.config import ReportConfig
+    from medvision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--store") as info:
+        ReportConfig(input=tmp_path, out=tmp_path / "out", store="dimse://ORTHANC@127.0.0.1:4242",
+                     deidentify={"enabled": True})  # fmt: skip
+    assert "belong to no study" in info.value.reason
