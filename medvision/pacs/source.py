@@ -293,6 +293,22 @@ def _to_int(value: object) -> int | None:
         return None
 
 
+def _plan(
+    source: Any, study_uid: str, cache_dir: str | os.PathLike[str]
+) -> tuple[str, Path, list[_Instance], list[_Instance]]:
+    """What a retrieve has to fetch: the checked study UID, the cache root, every instance of the study on the
+    PACS, and those not yet in the cache (either source; resets ``source.fetched``)."""
+    study_uid = _uid(study_uid, "StudyInstanceUID", source.address)
+    root = Path(cache_dir)
+    source.fetched = 0
+    instances = source._instances(study_uid)
+    if not instances:
+        raise PacsError(
+            str(source.address), f"study {study_uid} has no instances on this PACS", "check the StudyInstanceUID"
+        )
+    return study_uid, root, instances, [i for i in instances if not _is_cached(cache_path(root, *_key(i)), i.sop_uid)]
+
+
 class DicomwebSource:
     """Search with QIDO-RS and retrieve with WADO-RS (``dicomweb_client``).
 
@@ -427,15 +443,7 @@ class DicomwebSource:
             PacsError: the study is unknown, or an instance could not be retrieved (those already written
                 stay in the cache).
         """
-        study_uid = _uid(study_uid, "StudyInstanceUID", self.address)
-        root = Path(cache_dir)
-        self.fetched = 0
-        instances = self._instances(study_uid)
-        if not instances:
-            raise PacsError(
-                str(self.address), f"study {study_uid} has no instances on this PACS", "check the StudyInstanceUID"
-            )
-        missing = [i for i in instances if not _is_cached(cache_path(root, *_key(i)), i.sop_uid)]
+        study_uid, root, instances, missing = _plan(self, study_uid, cache_dir)
         everything = _group_by_series(instances)
         for series, items in _group_by_series(missing).items():
             if len(items) == len(everything[series]) and len(items) > 1:
@@ -752,15 +760,7 @@ class DimseSource:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as Get
         from pynetdicom.status import QR_GET_SERVICE_CLASS_STATUS
 
-        study_uid = _uid(study_uid, "StudyInstanceUID", self.address)
-        root = Path(cache_dir)
-        self.fetched = 0
-        instances = self._instances(study_uid)
-        if not instances:
-            raise PacsError(
-                str(self.address), f"study {study_uid} has no instances on this PACS", "check the StudyInstanceUID"
-            )
-        missing = [i for i in instances if not _is_cached(cache_path(root, *_key(i)), i.sop_uid)]
+        study_uid, root, instances, missing = _plan(self, study_uid, cache_dir)
         if not missing:
             return _check_complete(self.address, root, instances, "C-GET")
         known = {i.sop_uid: i for i in instances}
