@@ -311,7 +311,7 @@ def _finish(task: ClassificationTask, result: TrainResult, *, model: nn.Module, 
     from medvision.tracking import log_classifier, render_model_card, salted_hash
 
     cfg, loaders, splits, pos_weight = task.cfg, task.eval_loaders, task.splits, task.pos_weight
-    mean, std, summary, digest = task.mean, task.std, task.summary, dataset_digest(task.items)
+    mean, std, summary, digest = task.mean, task.std, task.summary, result.dataset_digest
     head = getattr(model, "head", None)
     if pos_weight != 1.0 and isinstance(head, nn.Linear):
         # A loss with positive weight w learns odds w times the true odds (a prior shift); subtracting

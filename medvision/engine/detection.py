@@ -33,7 +33,7 @@ from medvision.constants import BOX_LABELS, BOXES, IMAGE
 from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
 from medvision.engine.distributed import DistContext
 from medvision.engine.loop import RunPaths, TrainResult, fit, hash_salt, progress_bar, resolve_weights
-from medvision.engine.provenance import dataset_digest, git_state
+from medvision.engine.provenance import git_state
 from medvision.errors import ConfigError, DataError, MedvisionError
 from medvision.models.contract import DetectorMetadata
 
@@ -457,7 +457,7 @@ def _finish(task: DetectionTask, result: TrainResult, *, model: Any, tracker: An
     from medvision.tracking.card import render_detector_card
 
     cfg, prepared, merge, sequences = task.cfg, task.prepared, task.merge, task.sequences
-    summary, digest, slice_shape = task.summary, dataset_digest(task.items), task.slice_shape
+    summary, digest, slice_shape = task.summary, result.dataset_digest, task.slice_shape
     val_preds = task.best_val_preds
     model.to("cpu").eval()
     cpu = torch.device("cpu")

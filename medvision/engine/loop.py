@@ -76,6 +76,8 @@ class TrainResult:
     weights_source: str = ""
     epochs_run: int = 0
     tracking_uri: str | None = None
+    #: The data digest the run was tagged with (computed once, by the loop).
+    dataset_digest: str = ""
 
 
 @dataclass
@@ -519,6 +521,7 @@ def fit(
                 weights_source=weights_source,
                 epochs_run=epochs_run,
                 tracking_uri=uri,
+                dataset_digest=digest,
             )
             if ctx.is_main:
                 model = bare(net)

@@ -58,21 +58,13 @@ ROW_KEYS = (
 STORED_OK = "ok"
 STORED_NOT_APPLICABLE = "not_applicable"
 
+_MODEL_AT = ROW_KEYS.index("model")
+#: The CSV's columns: the row's, with ``model`` spread into its fields and ``n_boxes`` before ``boxes``.
 _CSV_KEYS = (
-    *ROW_KEYS[:17],
-    "model_name",
-    "model_version",
-    "model_run_id",
-    "model_uri",
-    "model_intended_use",
-    "model_weights_source",
+    *ROW_KEYS[:_MODEL_AT],
+    *(f"model_{k}" for k in ("name", "version", "run_id", "uri", "intended_use", "weights_source")),
     "n_boxes",
-    "boxes",
-    "images",
-    "sr_path",
-    "secondary_capture_path",
-    "stored",
-    "shareable",
+    *ROW_KEYS[_MODEL_AT + 1 :],
 )
 
 _FINDING = {CLASSIFICATION: "pneumonia", DETECTION: "tumour"}
