@@ -10,191 +10,35 @@ and say so.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
-from medvision.pacs import Credentials, PacsAddress
+from medvision.pacs.orthanc import ORTHANC_AET, free_port, orthanc_missing
+from medvision.pacs.orthanc import Orthanc as LocalOrthanc
 
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-ORTHANC_AET = "ORTHANC"
+__all__ = ["CALLING_AET", "ORTHANC_AET", "USER", "Orthanc", "PacsStudies", "free_port", "require_orthanc",
+           "write_image"]  # fmt: skip
+
 CALLING_AET = "MEDVISION-TEST"
 USER = "medvision-test"
 
 
-def orthanc_binary() -> str | None:
-    """Debian installs ``Orthanc`` in /usr/sbin, which is not on every user's PATH."""
-    return shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when pytest dies (killed by a timeout), so no Orthanc outlives the tests (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class Orthanc:
-    """One Orthanc process: its ports, credentials, folders; start, stop and a REST helper."""
+class Orthanc(LocalOrthanc):
+    """The tests' Orthanc: user ``medvision-test``, and medvision's test AE title registered as ``medvision``."""
 
-    root: Path
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
-    http_port: int = field(default_factory=free_port)
-    dicom_port: int = field(default_factory=free_port)
-    tls: dict[str, str] | None = None  # {"cert", "key", "ca"}: DICOM TLS (HTTP stays plain, see test_tls.py)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def credentials(self) -> Credentials:
-        return Credentials(username=USER, password=self.password)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def dicomweb(self) -> PacsAddress:
-        return PacsAddress("dicomweb", "127.0.0.1", self.http_port, path="/dicom-web")
-
-    @property
-    def dimse(self) -> PacsAddress:
-        return PacsAddress("dimse", "127.0.0.1", self.dicom_port, tls=bool(self.tls), ae_title=ORTHANC_AET)
-
-    def config(self) -> dict:
-        storage = self.root / "storage"
-        storage.mkdir(parents=True, exist_ok=True)
-        cfg = {
-            "Name": "medvision-tests",
-            "StorageDirectory": str(storage),
-            "IndexDirectory": str(storage),
-            "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port,
-            "DicomAet": ORTHANC_AET,
-            "DicomCheckCalledAet": True,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": True,
-            "RegisteredUsers": {USER: self.password},
-            "DicomModalities": {
-                "medvision": {
-                    "AET": CALLING_AET,
-                    "Host": "127.0.0.1",
-                    "Port": free_port(),
-                    "AllowEcho": True,
-                    "AllowFind": True,
-                    "AllowGet": True,
-                    "AllowMove": False,
-                    "AllowStore": True,
-                }
-            },
-            "DicomAlwaysAllowStore": False,
-            "Plugins": [str(PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
-            "OrthancExplorerEnabled": False,
-            "WebDavEnabled": False,
-            "SaveJobs": False,
-            "HttpTimeout": 10,
-            "DicomScpTimeout": 10,
-        }
-        if self.tls:
-            # Not "SslEnabled": Debian 12's Orthanc 1.10.1 crashes (SIGSEGV) on its first HTTPS request.
-            cfg.update(
-                {
-                    "DicomTlsEnabled": True,
-                    "DicomTlsCertificate": self.tls["cert"],
-                    "DicomTlsPrivateKey": self.tls["key"],
-                    "DicomTlsTrustedCertificates": self.tls["ca"],
-                    "DicomTlsRemoteCertificateRequired": False,
-                }
-            )
-        return cfg
-
-    def start(self, timeout: float = 20.0) -> None:
-        binary = orthanc_binary()
-        assert binary, "Orthanc is not installed"
-        config = self.root / "orthanc.json"
-        config.write_text(json.dumps(self.config(), indent=1))
-        self.log = self.root / "orthanc.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"Orthanc exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                r = self.rest("GET", "/system", timeout=1)
-                if r.status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"Orthanc did not answer /system within {timeout} s:\n{self.log_tail()}")
-
-    def stop(self, graceful: bool = True) -> None:
-        """SIGTERM (Orthanc takes about 3 s to close its servers), or SIGKILL for a throw-away instance."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def rest(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", 10)
-        return requests.request(method, self.base + path, auth=(USER, self.password), **kw)
-
-    def upload(self, path: Path) -> None:
-        r = self.rest("POST", "/instances", data=path.read_bytes())
-        assert r.status_code == 200, (r.status_code, r.text)
-        assert r.json()["Status"] in ("Success", "AlreadyStored"), r.text
-
-    def has_instance(self, sop_uid: str) -> bool:
-        r = self.rest("POST", "/tools/find", json={"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
-        r.raise_for_status()
-        return len(r.json()) == 1
+    user: str = USER
+    modalities: Mapping[str, tuple[str, int]] = field(default_factory=lambda: {"medvision": (CALLING_AET, free_port())})
 
 
 def require_orthanc() -> None:
-    if orthanc_binary() is None:
-        pytest.skip("Debian's orthanc is not installed (make system-deps installs orthanc and orthanc-dicomweb)")
-    if not PLUGIN.exists():
-        pytest.skip(f"{PLUGIN} is missing (make system-deps installs orthanc-dicomweb)")
+    missing = orthanc_missing()
+    if missing:
+        pytest.skip(missing)
 
 
 @pytest.fixture(scope="session")
