@@ -13,7 +13,7 @@ MLFLOW_DIR ?= mlflow-server
 # (braces keep pip's own exit status under pipefail: grep finding nothing to print is not a failure)
 PIP_FILTER := { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install demo demo-data test test-slow lint bench bench-io bench-deid bench-train clean mlflow-server system-deps fuzz
+.PHONY: install demo demo-data test test-slow lint bench bench-io bench-deid bench-pacs bench-train clean mlflow-server system-deps fuzz pacs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,18 @@ mlflow-server: install
 	@mkdir -p $(MLFLOW_DIR)/artifacts
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --artifacts-destination ./$(MLFLOW_DIR)/artifacts
+
+# A local Orthanc to try medvision as a PACS node: the demo studies (written by make demo-data when missing)
+# uploaded, its web viewer on http://127.0.0.1:$(PACS_HTTP_PORT)/app/explorer.html, `medvision listen` known as the
+# modality MEDVISION on port $(LISTENER_PORT) with a routing rule sending it every new study. Loopback only; the
+# password is new at each start (outputs/pacs/credentials.json). Runs in the foreground; Ctrl-C stops it.
+PACS_HTTP_PORT ?= 8042
+PACS_DICOM_PORT ?= 4242
+LISTENER_PORT ?= 11112
+pacs: install system-deps
+	@test -d $(DEMO_DIR)/cxr/dicom || $(MAKE) --no-print-directory demo-data
+	$(BIN)/python -m medvision.pacs.orthanc --data $(DEMO_DIR) --root outputs/pacs --http-port $(PACS_HTTP_PORT) \
+		--dicom-port $(PACS_DICOM_PORT) --listener-port $(LISTENER_PORT)
 
 lint: install
 	$(BIN)/ruff check medvision tests benchmarks pipelines
@@ -99,6 +111,10 @@ bench-io: install
 
 bench-deid: install
 	$(BIN)/python benchmarks/bench_deid.py
+
+# Batch report through a local Orthanc (DICOMweb, DIMSE) against the folder report; needs make system-deps.
+bench-pacs: install system-deps
+	$(BIN)/python benchmarks/bench_pacs.py
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py

@@ -424,6 +424,9 @@ class ReportConfig(_Strict):
     pacs_cache: Path | None = Field(
         None, description="Where studies retrieved from a PACS are kept (default: <out>.pacs-cache beside the report)."
     )
+    pacs_workers: int = Field(
+        4, ge=1, le=32, description="Studies retrieved from a PACS at once (each with its own connection)."
+    )
     store: str | None = Field(
         None,
         description="Send each study's SR (and secondary capture) to this PACS as soon as its row is written:"

@@ -153,3 +153,24 @@ def write_enhanced(
     ds.PixelData = frames.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def registered_classifier(tmp_path_factory) -> str:
+    """A tiny trained classifier registered as pneumonia-classifier@candidate (the report's and the listener's
+    tests); returns the tracking URI."""
+    import mlflow
+
+    from medvision.config import load_config
+    from medvision.engine import train_classification
+    from tests.engine.conftest import make_cxr_set, write_config
+
+    tmp = tmp_path_factory.mktemp("report-model")
+    manifest = make_cxr_set(tmp / "cxr", n_patients=8)
+    cfg = load_config(write_config(tmp, manifest, train__epochs=1, evaluate__bootstrap=10))
+    try:
+        train_classification(cfg, progress=False)
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+    return f"sqlite:///{tmp / 'mlflow.db'}"

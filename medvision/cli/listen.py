@@ -48,23 +48,25 @@ def listen(
     ),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="DICOM TLS: the listener's certificate (PEM)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="DICOM TLS: its private key (PEM)."),
+    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help="PEM file of the CAs to trust for --store (TLS)."),
+    credentials: Path | None = typer.Option(
+        None,
+        "--credentials",
+        help="Credentials file for a DICOMweb --store ({username, password} or {token}, chmod 600); default:"
+        " $MEDVISION_PACS_USER and $MEDVISION_PACS_PASSWORD, or $MEDVISION_PACS_TOKEN.",
+    ),
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Receive studies by C-STORE, report each complete study and send its SR (and SC) to --store."""
     from medvision.errors import ConfigError
     from medvision.pacs.listener import Listener
-    from medvision.pacs.store import DicomwebStore, DimseStore
-    from medvision.pacs.uris import DICOMWEB, load_credentials, parse_address
+    from medvision.reporting.pacs import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association is too much
     target = None
-    if store is not None:
-        address = parse_address(store, "--store")
-        if address.protocol == DICOMWEB:
-            target = DicomwebStore(address, credentials=load_credentials())
-        else:
-            target = DimseStore(address, calling_aet=aet)
+    if store is not None:  # medvision calls the PACS with the listener's own AE title
+        target = open_store(store, credentials=credentials, calling_aet=aet, ca_bundle=ca_bundle)
     tls = None
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert", "needs --tls-key too (and the other way round)", "pass both PEM files")

@@ -108,6 +108,9 @@ def report(
     pacs_cache: Path | None = typer.Option(
         None, "--pacs-cache", help="Where studies retrieved from a PACS are kept (default <out>.pacs-cache)."
     ),
+    pacs_workers: int | None = typer.Option(
+        None, "--pacs-workers", min=1, max=32, help="Studies retrieved from a PACS at once (default 4)."
+    ),
     resend: Path | None = typer.Option(
         None,
         "--resend",
@@ -150,6 +153,7 @@ def report(
         "ca_bundle": ca_bundle,
         "credentials": credentials,
         "pacs_cache": pacs_cache,
+        "pacs_workers": pacs_workers,
         "deidentify": {"enabled": deidentify, **options, "salt": os.environ.get(SALT_ENV) or None},
     }
     # The one validation: the file, the options given over it, then $MLFLOW_TRACKING_URI where neither names a store.

@@ -6,7 +6,9 @@ A :class:`Listener` is a pynetdicom ``AE`` accepting C-ECHO and C-STORE of the u
 - **Receive**: each instance is written, with its file meta, to ``<out>/incoming/<StudyUID>/<SOPInstanceUID>.dcm``
   (hidden temporary file, fsync, rename) *before* the success status is returned; a failure answers
   0xA700 (out of resources: a disk problem, the sender may retry) or 0xC000 (cannot understand: no valid
-  UIDs). Calling AE titles not in ``allowed_aets`` (empty: any) are rejected at association.
+  UIDs). Calling AE titles not in ``allowed_aets`` (empty: any) are rejected at association. medvision's own
+  results (an SR or secondary capture whose Manufacturer is ``medvision``, forwarded back by a PACS routing
+  rule) are accepted but neither written nor queued: a study is never reported again because of its results.
 - **Queue**: ``<out>/queue/<StudyUID>.json`` holds the study's ``state`` (``receiving``, ``pending``, ``done``,
   ``failed``), the time of its last instance, its instance count, and the outcome. A study is complete after
   ``study_timeout`` seconds without a new instance; it then becomes ``pending``. On start, a study an earlier
@@ -15,7 +17,9 @@ A :class:`Listener` is a pynetdicom ``AE`` accepting C-ECHO and C-STORE of the u
   the default (:meth:`Listener.report_study`) runs :func:`~medvision.reporting.batch.run_report` on the study
   folder into ``<out>/reports/<StudyUID>/`` and, when a store is given, sends the SR and secondary capture files
   of its ``results.json`` there. An exception marks the study ``failed`` with the reason; the listener keeps
-  serving. An instance arriving after its study was processed makes it ``receiving`` again (processed anew).
+  serving. An instance arriving after its study was processed makes it ``receiving`` again (processed anew),
+  unless the study is ``done`` and the instance is already on disk byte for byte (a routing rule sending the
+  study again because medvision's results were added to it).
 - **Log**: one line per study, ``study <StudyUID>: N instances, flagged X, stored ok|failed: ...``. No patient
   identifier is ever logged (the StudyInstanceUID is not one).
 
@@ -43,6 +47,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medvision.constants import is_own_result
 from medvision.errors import ConfigError
 from medvision.pacs.source import _COMPRESSED_SYNTAXES, _NATIVE_SYNTAXES, DEFAULT_STORAGE_CLASSES
 from medvision.pacs.uris import DEFAULT_CALLING_AET, check_ae_title
@@ -191,10 +196,19 @@ class Listener:
         if study_uid is None or sop_uid is None:
             log.warning("C-STORE refused: no valid StudyInstanceUID or SOPInstanceUID")
             return _CANNOT_UNDERSTAND
+        if is_own_result(ds.get("Manufacturer"), ds.get("SOPClassUID") or event.request.AffectedSOPClassUID):
+            # A routing rule that forwards every new instance also forwards the results medvision filed: accepted
+            # (the PACS has them) but neither written nor queued, so a study is never reported twice in a loop.
+            log.info("study %s: instance %s is medvision's own result; accepted, not reported", study_uid, sop_uid)
+            return 0x0000
         path = self.incoming / study_uid / f"{sop_uid}.dcm"
         try:
             data = event.encoded_dataset(include_meta=True)
             new = not path.exists()
+            if not new and self._unchanged_in_done_study(study_uid, path, data):
+                log.info("study %s: instance %s received again unchanged; the study is not reported again",
+                         study_uid, sop_uid)  # fmt: skip
+                return 0x0000
             _write_atomic(path, data)  # outside the lock: associations write in parallel
             with self._lock:
                 entry = self._studies.get(study_uid) or {"study_uid": study_uid, "count": 0}
@@ -207,6 +221,19 @@ class Listener:
             log.error("study %s: instance %s not stored (%s)", study_uid, sop_uid, reason)
             return _OUT_OF_RESOURCES
         return 0x0000
+
+    def _unchanged_in_done_study(self, study_uid: str, path: Path, data: bytes) -> bool:
+        """The study was reported and this instance is already on disk, byte for byte (a PACS sending a study
+        again after medvision's results made it change). A failed study is processed again instead."""
+        with self._lock:
+            entry = self._studies.get(study_uid)
+            done = entry is not None and entry.get("state") == DONE
+        if not done:
+            return False
+        try:
+            return path.stat().st_size == len(data) and path.read_bytes() == data
+        except OSError:
+            return False
 
     def _on_requested(self, event: Any) -> None:
         primitive = event.assoc.requestor.primitive

@@ -5,6 +5,10 @@ Orthanc runs on loopback ports (free ones unless given), with its storage, index
 HTTP basic authentication on (one user, a random password unless given), the DICOMweb plugin loaded and the
 called AE title checked. Nothing here is a system service and nothing listens beyond 127.0.0.1.
 
+``python -m medvision.pacs.orthanc`` (``make pacs``) runs one in the foreground for people to try medvision as a
+PACS node: the demo studies uploaded, Orthanc Explorer (its web viewer) on loopback, ``medvision listen`` known as
+the modality ``medvision``, and a routing rule (a Lua ``OnStableStudy`` callback) that sends every new study to it.
+
 Example:
     >>> server = Orthanc(Path("orthanc-data"), modalities={"medvision": ("MEDVISION", 11112)})  # doctest: +SKIP
     >>> server.start(); server.upload(Path("study/cr1.dcm")); server.stop()  # doctest: +SKIP
@@ -31,6 +35,14 @@ from medvision.pacs.uris import Credentials, PacsAddress
 __all__ = ["ORTHANC_AET", "PLUGIN", "Orthanc", "free_port", "orthanc_binary", "orthanc_missing"]
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+#: The routing rule: a stable study goes to the modality (Orthanc's Lua API). medvision's own results that come
+#: back make the study change and stable again, so it is sent once more: the listener accepts those results
+#: without reporting them, and an instance it already holds unchanged does not make it report the study again.
+_ROUTE = """function OnStableStudy(studyId, tags, metadata)
+  print('routing study ' .. studyId .. ' to MODALITY')
+  RestApiPost('/modalities/MODALITY/store', studyId)
+end
+"""
 ORTHANC_AET = "ORTHANC"
 USER = "medvision"
 
@@ -77,7 +89,9 @@ class Orthanc:
         tls: ``{"cert", "key", "ca"}`` PEM files for DICOM TLS (HTTP stays plain: Debian 12's Orthanc 1.10.1
             crashes on its first HTTPS request).
         explorer: serve Orthanc Explorer, its web viewer (``make pacs``).
-        keep_alive: survive the parent process (``make pacs`` runs it in the foreground anyway).
+        route_to: a routing rule: every study, once stable (no new instance for ``stable_age`` seconds), is
+            sent to this modality (one of ``modalities``), as a hospital routes new studies to an AI node.
+        stable_age: seconds without a new instance after which Orthanc calls a study stable.
     """
 
     root: Path
@@ -88,6 +102,8 @@ class Orthanc:
     modalities: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     tls: dict[str, str] | None = None
     explorer: bool = False
+    route_to: str | None = None
+    stable_age: int = 60
     proc: subprocess.Popen | None = None
 
     @property
@@ -138,6 +154,13 @@ class Orthanc:
             "HttpTimeout": 10,
             "DicomScpTimeout": 10,
         }
+        if self.route_to is not None:
+            if self.route_to not in self.modalities:
+                raise PacsError("Orthanc", f"cannot route to {self.route_to!r}: not a modality", "name one of them")
+            script = self.root / "route.lua"
+            script.write_text(_ROUTE.replace("MODALITY", self.route_to))
+            cfg["LuaScripts"] = [str(script)]
+        cfg["StableAge"] = self.stable_age
         if self.tls:
             cfg.update(
                 {
@@ -248,3 +271,127 @@ class Orthanc:
         if not hits:
             raise PacsError("Orthanc", f"has no study {study_uid}", "upload it first")
         return str(hits[0]["ID"])
+
+
+# --- make pacs --------------------------------------------------------------------------------------------
+
+
+def _demo_files(data: Path) -> list[Path]:
+    """The demo set's DICOM studies: radiographs and MR series (NIfTI volumes have no place in a PACS)."""
+    return sorted((data / "cxr" / "dicom").rglob("*.dcm")) + sorted((data / "mri" / "dicom").rglob("*.dcm"))
+
+
+def serve_demo(
+    root: Path,
+    data: Path,
+    *,
+    http_port: int = 8042,
+    dicom_port: int = 4242,
+    listener: tuple[str, int] = ("MEDVISION", 11112),
+    route: bool = True,
+    stable_age: int = 10,
+    ready: Any = None,
+) -> Orthanc:
+    """Start Orthanc for people to try (explorer on, the demo studies of ``data`` uploaded); returns it running.
+
+    The password is new at each start and written, with the user, to ``<root>/credentials.json`` (mode 600):
+    the file ``medvision report --credentials`` reads.
+    """
+    import sys
+
+    files = _demo_files(data)
+    if not files:
+        raise PacsError("make pacs", f"{data} holds no demo DICOM study", "run make demo-data first")
+    server = Orthanc(
+        root, http_port=http_port, dicom_port=dicom_port, modalities={"medvision": listener}, explorer=True,
+        route_to="medvision" if route else None, stable_age=stable_age,
+    )  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    creds = root / "credentials.json"
+    creds.touch(mode=0o600)
+    os.chmod(creds, 0o600)
+    creds.write_text(json.dumps({"username": server.user, "password": server.password}))
+    server.start()
+    try:
+        from tqdm import tqdm
+
+        for path in tqdm(files, desc="uploading the demo studies", unit=" files", file=sys.stderr, leave=False):
+            server.upload(path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _instructions(server: Orthanc, root: Path, n_studies: int, listener: tuple[str, int], route: bool) -> str:
+    web = f"dicomweb+http://127.0.0.1:{server.http_port}/dicom-web"
+    dimse = f"dimse://{ORTHANC_AET}@127.0.0.1:{server.dicom_port}"
+    creds = root / "credentials.json"
+    aet, port = listener
+    routing = (
+        f"Routing rule: every study, {server.stable_age} s after its last instance, goes to {aet} at 127.0.0.1:{port}."
+        if route else "No routing rule (--no-route)."
+    )  # fmt: skip
+    return f"""
+Orthanc is running with {n_studies} demo studies (Ctrl-C stops it; its data stay in {root}).
+  web viewer:  http://127.0.0.1:{server.http_port}/app/explorer.html  (user {server.user}, password in {creds})
+  DICOMweb:    {web}
+  DIMSE:       {dimse}
+{routing}
+
+Try, from another terminal:
+  .venv/bin/medvision report --input {web} --credentials {creds} \\
+      --query "ModalitiesInStudy=CR" --store {web} --secondary-capture --out outputs/report-pacs
+  .venv/bin/medvision listen --aet {aet} --port {port} --out outputs/listener --allow-aet {ORTHANC_AET} \\
+      --store {dimse} --classifier models:/pneumonia-classifier@candidate
+  (make demo registers the classifier; with the listener running, upload a study or press "Send to modality"
+   in the viewer, and the SR and the secondary capture appear in the study.)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medvision.pacs.orthanc``: a local Orthanc with the demo studies, until Ctrl-C or SIGTERM."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m medvision.pacs.orthanc", description=main.__doc__)
+    parser.add_argument("--data", type=Path, default=Path("data/demo"), help="the demo data set (make demo-data)")
+    parser.add_argument("--root", type=Path, default=Path("outputs/pacs"), help="Orthanc's storage and config")
+    parser.add_argument("--http-port", type=int, default=8042)
+    parser.add_argument("--dicom-port", type=int, default=4242)
+    parser.add_argument("--listener-aet", default="MEDVISION")
+    parser.add_argument("--listener-port", type=int, default=11112)
+    parser.add_argument("--no-route", action="store_true", help="no routing rule to the listener")
+    parser.add_argument("--stable-age", type=int, default=10, help="seconds after which a study is stable")
+    args = parser.parse_args(argv)
+    listener = (args.listener_aet, args.listener_port)
+    try:
+        server = serve_demo(
+            args.root.resolve(), args.data, http_port=args.http_port, dicom_port=args.dicom_port, listener=listener,
+            route=not args.no_route, stable_age=args.stable_age,
+        )  # fmt: skip
+    except PacsError as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return 3
+    studies = len(server.rest("GET", "/studies").json())
+    print(_instructions(server, args.root.resolve(), studies, listener, not args.no_route), flush=True)
+    stop = {"now": False}
+
+    def on_signal(*_args: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stop["now"] and server.proc is not None and server.proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    if server.proc is not None and server.proc.returncode not in (0, -signal.SIGTERM):
+        print(f"Orthanc exited with status {server.proc.returncode}; see {server.log}", flush=True)
+        return 1
+    print("Orthanc stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,8 @@ Both sources have one interface (:class:`StudySource`):
   name and renamed into place, so a file in the cache is always complete; an instance already cached (same
   SOP Instance UID, readable) is not downloaded again, so a re-run fetches nothing. ``fetched`` counts the
   instances the last ``retrieve`` downloaded.
+- medvision's own results filed into the PACS earlier (SR and secondary capture series whose Manufacturer is
+  ``medvision``) are left out of a retrieve (``skipped`` counts them), so they are never reported on again.
 
 Everything that goes wrong on the network (no connection, TLS, refused credentials or association, a failure
 status) is a :class:`~medvision.errors.PacsError` naming the address (never a credential) and the fix.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from medvision.constants import MANUFACTURER, OWN_SOP_CLASSES
 from medvision.errors import ConfigError, PacsError
 from medvision.pacs.uris import (
     DEFAULT_CALLING_AET,
@@ -127,6 +130,7 @@ class StudySource(Protocol):
 
     address: PacsAddress
     fetched: int
+    skipped: int
 
     def find_studies(self, query: Mapping[str, str]) -> list[StudyRef]: ...
 
@@ -300,12 +304,24 @@ def _plan(
     PACS, and those not yet in the cache (either source; resets ``source.fetched``)."""
     study_uid = _uid(study_uid, "StudyInstanceUID", source.address)
     root = Path(cache_dir)
-    source.fetched = 0
+    source.fetched = source.skipped = 0
     instances = source._instances(study_uid)
     if not instances:
         raise PacsError(
             str(source.address), f"study {study_uid} has no instances on this PACS", "check the StudyInstanceUID"
         )
+    own_series = source._own_series(study_uid) if any(i.sop_class in OWN_SOP_CLASSES for i in instances) else set()
+    own = [i for i in instances if i.series_uid in own_series and i.sop_class in OWN_SOP_CLASSES]
+    if own:
+        source.skipped = len(own)
+        instances = [i for i in instances if i not in own]
+        log.info("study %s: %d instance(s) of medvision's own results (SR, secondary capture) left out",
+                 study_uid, len(own))  # fmt: skip
+        if not instances:
+            raise PacsError(
+                str(source.address), f"study {study_uid} holds only medvision's own results (SR, secondary capture)",
+                "nothing to report on: leave the study out of the query",
+            )  # fmt: skip
     return study_uid, root, instances, [i for i in instances if not _is_cached(cache_path(root, *_key(i)), i.sop_uid)]
 
 
@@ -332,7 +348,7 @@ class DicomwebSource:
         self.address = address
         self.timeout = timeout
         self.page_size = page_size
-        self.fetched = 0
+        self.fetched = self.skipped = 0
         self._client = _dicomweb_client(address, credentials, ca_bundle, timeout)
 
     def __repr__(self) -> str:
@@ -415,6 +431,17 @@ class DicomwebSource:
             )
             for item in items
         ]
+
+    def _own_series(self, study_uid: str) -> set[str]:
+        """The study's series whose Manufacturer is medvision's (QIDO-RS series search)."""
+        items = self._paged(
+            "QIDO-RS search for the study's series",
+            lambda limit, offset: self._client.search_for_series(
+                study_instance_uid=study_uid, fields=["00080070"], limit=limit, offset=offset
+            ),
+            key="0020000E",
+        )
+        return {str(_json_text(item, "0020000E")) for item in items if _json_text(item, "00080070") == MANUFACTURER}
 
     def _save(self, ds: Any, cache_dir: Path, study_uid: str) -> Path:
         got_study = _uid(ds.get("StudyInstanceUID"), "StudyInstanceUID", self.address)
@@ -659,7 +686,7 @@ class DimseSource:
     ) -> None:
         self._dimse = _Dimse(address, calling_aet, ca_bundle, tls, timeout)
         self.address = address
-        self.fetched = 0
+        self.fetched = self.skipped = 0
 
     def __repr__(self) -> str:
         return f"DimseSource({str(self.address)!r}, calling_aet={self._dimse.calling_aet!r})"
@@ -742,6 +769,21 @@ class DimseSource:
             for ident in self._find(ds, f"C-FIND of the instances of study {study_uid}")
         ]
 
+    def _own_series(self, study_uid: str) -> set[str]:
+        """The study's series whose Manufacturer is medvision's (series-level C-FIND)."""
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "SERIES"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = ""
+        ds.Manufacturer = ""
+        return {
+            str(ident.get("SeriesInstanceUID") or "").strip()
+            for ident in self._find(ds, f"C-FIND of the series of study {study_uid}")
+            if str(ident.get("Manufacturer") or "").strip() == MANUFACTURER
+        }
+
     def retrieve(self, study_uid: str, cache_dir: str | os.PathLike[str]) -> list[Path]:
         """Every instance of the study, from the cache or by C-GET (bytes as the PACS sent them).
 
@@ -794,7 +836,7 @@ class DimseSource:
         assoc = self._dimse.associate(
             [(str(Get), _NATIVE_SYNTAXES), *storage], roles=roles, handlers=[(evt.EVT_C_STORE, on_store)]
         )
-        gets = self._get_requests(study_uid, instances, missing)
+        gets = self._get_requests(study_uid, instances, missing, whole_study=not self.skipped)
         try:
             for level, series_uid, sops in gets:
                 ds = Dataset()
@@ -830,10 +872,14 @@ class DimseSource:
 
     @staticmethod
     def _get_requests(
-        study_uid: str, instances: Sequence[_Instance], missing: Sequence[_Instance]
+        study_uid: str, instances: Sequence[_Instance], missing: Sequence[_Instance], whole_study: bool = True
     ) -> list[tuple[str, str | None, list[str]]]:
-        """``(level, series, SOP UIDs)`` per C-GET: the study, whole series, or a series' missing instances."""
-        if len(missing) == len(instances):
+        """``(level, series, SOP UIDs)`` per C-GET: the study, whole series, or a series' missing instances.
+
+        Not the whole study when some of its instances are left out (``whole_study`` false: medvision's own
+        results are in it).
+        """
+        if whole_study and len(missing) == len(instances):
             return [("STUDY", None, [])]
         everything = _group_by_series(instances)
         out: list[tuple[str, str | None, list[str]]] = []

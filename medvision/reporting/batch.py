@@ -41,8 +41,10 @@ PACS (:mod:`medvision.reporting.pacs`): ``config.input`` may be a PACS address (
 ``dimse://AET@host:port``) with ``config.query``: the studies found are retrieved into the PACS cache (default
 ``<out>.pacs-cache``, beside the report) and exactly those study folders are reported, as a folder holding the
 same files would be (``source`` names the address and the path below the cache); a study that cannot be
-retrieved is a failed row. With ``config.store`` each study's SR (and SC) is sent from the temporary folder as
-soon as its row is written, and the row's ``stored`` says ``ok``, ``failed: <reason>`` or ``not_applicable``;
+retrieved is a failed row (``config.pacs_workers`` studies are retrieved at once). With ``config.store`` each
+study's SR (and SC) is sent from the temporary folder as soon as its row is written, by a background thread
+while the next studies are computed; the rows are written out once every send is done, and a row's ``stored``
+says ``ok``, ``failed: <reason>`` or ``not_applicable``;
 ``medvision report --resend OUT --store ADDRESS`` sends what was not stored.
 
 Privacy: rows, pages and SR show the identifiers as the source does (the report stays with the
@@ -184,6 +186,7 @@ def run_report(
     _clean_stale(out)
 
     tmp = _new_tmp(out)
+    sender = ReportSender(store, tmp, background=True) if store is not None else None
     run = _Run(
         root=root,
         tmp=tmp,
@@ -195,20 +198,27 @@ def run_report(
         secondary_capture=config.secondary_capture,
         source_prefix=fetch.prefix if fetch is not None else None,
         # Each study's SR and SC go from the temporary folder (complete files) as soon as its row is written.
-        deliver=ReportSender(store, tmp) if store is not None else None,
+        deliver=sender,
     )
     try:
         models = (classifier, config.classifier, detector, config.detector, config.tracking_uri)
         summary = _work(run, out, models, progress=progress, title=config.title, started=started, fetch=fetch)
         _move_into_place(tmp, out)
     except KeyboardInterrupt:
+        if sender is not None:
+            sender.close()  # before its files go
         shutil.rmtree(tmp, ignore_errors=True)
         kept = f"; the previous report in {out} is unchanged" if run.old_out is not None else ""
         print(f"\ninterrupted: no report written, temporary files removed{kept}", file=sys.stderr, flush=True)
         raise
     except BaseException:
+        if sender is not None:
+            sender.close()  # before its files go
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if sender is not None:
+            sender.close()
     return summary
 
 
@@ -296,6 +306,7 @@ def _work(
             run.add(_base_row(study, run.key_for(study)), study)
     if run.scratch.exists():
         shutil.rmtree(run.scratch, ignore_errors=True)
+    run.sent()  # every row's stored final before the rows are written
 
     run.rows.sort(key=_order)
     ok = [r for r in run.rows if r.get("status") == "ok"]

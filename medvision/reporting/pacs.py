@@ -3,10 +3,12 @@
 - **In** (``--input dicomweb+http(s)://...`` or ``dimse://AET@host:port`` with ``--query``): the studies the
   query finds (QIDO-RS or C-FIND) are retrieved (WADO-RS or C-GET) into the PACS cache
   (``<cache>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, default ``<out>.pacs-cache`` beside the report) and
-  the report reads exactly those study folders. A study that cannot be retrieved becomes a failed row with the
-  reason; the others go on.
+  the report reads exactly those study folders. ``--pacs-workers`` studies are retrieved at once, each thread
+  with its own connection. A study that cannot be retrieved becomes a failed row with the reason; the others
+  go on.
 - **Out** (``--store ADDRESS``): each study's SR (and secondary capture) is sent (STOW-RS or C-STORE, each object
-  confirmed, retried with backoff) as soon as the study's row is written; the row's ``stored`` says ``ok``,
+  confirmed, retried with backoff) as soon as the study's row is written, by one background thread, in order,
+  while the next studies are computed (:meth:`ReportSender.submit`); the row's ``stored`` says ``ok``,
   ``failed: <reason>`` or ``not_applicable`` (nothing to send). Unsent objects stay in the report folder.
 - **Resend** (``medvision report --resend OUT --store ADDRESS``, :func:`resend`): the objects of every row of
   ``OUT`` not yet stored are sent again; ``results.json`` and ``results.csv`` are updated in place (atomically).
@@ -21,7 +23,9 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,20 +139,34 @@ def fetch_studies(config: Any, cache: Path, *, progress_bar: Callable[..., Any])
         )  # fmt: skip
     address, source = open_source(config)
     query = parse_query(config.query, "--query")
-    studies = source.find_studies(query)
+    studies = list(dict.fromkeys(s.study_uid for s in source.find_studies(query)))
     fetch = PacsFetch(address=address, cache=cache)
     cache.mkdir(parents=True, exist_ok=True)
+    # Studies are retrieved by ``pacs_workers`` threads, each with a connection of its own (a session or an
+    # association is not shared between threads): the time goes in round trips, not in this process's CPU.
+    local = threading.local()
+
+    def retrieve(study: str) -> str | None:
+        if not hasattr(local, "source"):
+            local.source = open_source(config)[1]
+        try:
+            local.source.retrieve(study, cache)
+            return None
+        except MedvisionError as exc:
+            return f"{exc.reason}; {exc.fix}" if exc.reason and exc.fix else exc.one_line()
+        except Exception as exc:  # noqa: BLE001 - one study that cannot be retrieved never stops the others
+            return f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}"
+
     bar = progress_bar(len(studies), desc="retrieving", unit=" studies", leave=False)
+    workers = max(1, min(int(getattr(config, "pacs_workers", 1) or 1), len(studies)))
     try:
-        for study in dict.fromkeys(s.study_uid for s in studies):
-            try:
-                source.retrieve(study, cache)
-                fetch.retrieved.append(study)
-            except MedvisionError as exc:
-                fetch.failures[study] = f"{exc.reason}; {exc.fix}" if exc.reason and exc.fix else exc.one_line()
-            except Exception as exc:  # noqa: BLE001 - one study that cannot be retrieved never stops the others
-                fetch.failures[study] = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())}"
-            bar.update(1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="medvision-retrieve") as pool:
+            for study, failure in zip(studies, pool.map(retrieve, studies), strict=True):
+                if failure is None:
+                    fetch.retrieved.append(study)
+                else:
+                    fetch.failures[study] = failure
+                bar.update(1)
     finally:
         bar.close()
     return fetch
@@ -177,10 +195,33 @@ class ReportSender:
     confirmed again brings the retries back.
     """
 
-    def __init__(self, store: DicomwebStore | DimseStore, folder: Path) -> None:
+    def __init__(self, store: DicomwebStore | DimseStore, folder: Path, *, background: bool = False) -> None:
         self.store = store
         self.folder = folder
         self.down = False
+        # In the background (the batch report): one thread sends the rows in the order given while the next
+        # studies are computed; :meth:`wait` is called before the rows are written out.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="medvision-store") if background else None
+        self._pending: list[Future] = []
+
+    def submit(self, row: dict[str, Any]) -> None:
+        """Set ``row["stored"]``: now, or (in the background) once :meth:`wait` returns."""
+        if self._pool is None:
+            row["stored"] = self(row)
+            return
+        row["stored"] = None
+        self._pending.append(self._pool.submit(lambda: row.__setitem__("stored", self(row))))
+
+    def wait(self) -> None:
+        """Every submitted row sent (or failed) and its ``stored`` set."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Stop the background thread: rows not yet sent are dropped (a report that is not written)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __call__(self, row: Mapping[str, Any]) -> str:
         files = [str(row[k]) for k in SENT_FILES if row.get(k)]

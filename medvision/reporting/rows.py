@@ -189,8 +189,22 @@ class _Run:
         return row
 
     def send(self, row: dict[str, Any]) -> None:
-        """Set the row's ``stored``: sent to the PACS of ``--store`` now (its files are complete), else ``None``."""
-        row["stored"] = self.deliver(row) if self.deliver is not None else None
+        """Set the row's ``stored``: sent to the PACS of ``--store`` (its files are complete), else ``None``.
+
+        A deliverer with ``submit`` (:class:`~medvision.reporting.pacs.ReportSender` in the background) sets it
+        later: :meth:`sent` waits for it.
+        """
+        submit = getattr(self.deliver, "submit", None)
+        if submit is not None:
+            submit(row)
+        else:
+            row["stored"] = self.deliver(row) if self.deliver is not None else None
+
+    def sent(self) -> None:
+        """Every row's ``stored`` final (the background sends done)."""
+        wait = getattr(self.deliver, "wait", None)
+        if wait is not None:
+            wait()
 
     def tick(self, part: str, start: float) -> float:
         now = time.perf_counter()

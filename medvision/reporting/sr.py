@@ -43,12 +43,14 @@ from typing import Any
 
 import numpy as np
 
+from medvision.constants import MANUFACTURER
+
 __all__ = ["SR_SERIES_NUMBER", "classification_sr", "detection_sr", "nearest_instance", "write_sr"]
 
 #: Series number of the SR series in the source study.
 SR_SERIES_NUMBER = 9701
 
-_MANUFACTURER = "medvision"
+_MANUFACTURER = MANUFACTURER
 
 
 def _codes() -> dict[str, Any]:

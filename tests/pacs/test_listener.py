@@ -29,7 +29,7 @@ from pydicom.uid import generate_uid
 
 from medvision.pacs import DimseStore, PacsAddress, RetryPolicy
 from medvision.pacs.listener import DONE, FAILED, PENDING, RECEIVING, Listener
-from tests.pacs.conftest import CALLING_AET, ORTHANC_AET, Orthanc, free_port, write_image
+from tests.pacs.conftest import CALLING_AET, ORTHANC_AET, Orthanc, free_port, require_orthanc, write_image
 
 LISTENER_AET = "MEDVISION-LSN"
 PATIENT_ID, PATIENT_NAME = "LSTN0001", "Test^Pacs"
@@ -104,7 +104,8 @@ def running(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
     def start(out: Path | None = None, **kw: Any) -> Listener:
         kw.setdefault("study_timeout", 1.0)
         kw.setdefault("poll_interval", 0.1)
-        listener = Listener(out or tmp_path / "out", aet=LISTENER_AET, port=free_port(), **kw)
+        kw.setdefault("port", free_port())
+        listener = Listener(out or tmp_path / "out", aet=LISTENER_AET, **kw)
         listener.start()
         started.append(listener)
         return listener
@@ -264,3 +265,139 @@ def test_medvision_listen_stops_on_sigterm_with_status_0(tmp_path: Path) -> None
             proc.kill()
     assert proc.returncode == 0, err
     assert f"listening as {LISTENER_AET}" in err and "stopping" in err
+
+
+def test_a_demo_study_sent_to_medvision_listen_comes_back_as_an_sr_and_sc_that_pass_dciodvfy(
+    registered_classifier: str, tmp_path: Path
+) -> None:
+    """The whole route with the demo writer's radiograph and a trained, registered classifier.
+
+    Orthanc (its own, so nothing else sees the study) sends the study to ``medvision listen`` (a separate
+    process, as deployed); the listener reports it and stores the SR and SC back by C-STORE; the objects
+    Orthanc now holds are downloaded from it and checked with dciodvfy. Then Orthanc forwards those results to
+    the listener, as a routing rule would: they are accepted but neither written nor reported again.
+    """
+    from medvision.demo import write_demo_data
+
+    require_orthanc()
+    if DCIODVFY is None:
+        pytest.skip("dciodvfy is not installed (make system-deps installs dicom3tools)")
+    write_demo_data(tmp_path / "demo", 5, n_cxr_patients=1, n_mri=0, n_mri_dicom=0)
+    source = sorted((tmp_path / "demo" / "cxr" / "dicom").rglob("*.dcm"))[0]
+    study_uid = str(dcmread(source, stop_before_pixels=True).StudyInstanceUID)
+    port = free_port()
+    server = Orthanc(tmp_path / "orthanc", modalities={"listener": (LISTENER_AET, port)})
+    server.start()
+    out, log_path = tmp_path / "listener", tmp_path / "listen.log"
+    cmd = [sys.executable, "-m", "medvision.cli", "listen", "--out", str(out), "--port", str(port),
+           "--aet", LISTENER_AET, "--allow-aet", ORTHANC_AET, "--study-timeout", "1", "--store", str(server.dimse),
+           "--classifier", "models:/pneumonia-classifier@candidate",
+           "--tracking-uri", registered_classifier]  # fmt: skip
+    proc = None
+    try:
+        server.upload(source)
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+
+        def listening() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        _wait(listening, timeout=120)
+        r = server.rest("POST", "/modalities/listener/store", data=server.study_id(study_uid), timeout=60)
+        assert r.status_code == 200, r.text
+        queue = out / "queue" / f"{study_uid}.json"
+
+        def finished() -> dict | None:
+            entry = json.loads(queue.read_text()) if queue.exists() else {}
+            return entry if entry.get("state") in (DONE, FAILED) else None
+
+        entry = _wait(finished, timeout=180)
+        assert entry["state"] == DONE, (entry, log_path.read_text())
+        stored = entry["result"]["stored"]
+        assert len(stored) == 2 and all(s["ok"] for s in stored), stored
+
+        # What Orthanc holds now: downloaded from it, in the demo study, with the model's provenance, valid.
+        classes = []
+        for s in stored:
+            [hit] = [h for h in server.rest("POST", "/tools/lookup", data=s["sop_instance_uid"]).json()
+                     if h["Type"] == "Instance"]  # fmt: skip
+            held = tmp_path / "held" / f"{s['sop_instance_uid']}.dcm"
+            held.parent.mkdir(exist_ok=True)
+            held.write_bytes(server.rest("GET", f"/instances/{hit['ID']}/file").content)
+            ds = dcmread(held)
+            assert ds.StudyInstanceUID == study_uid and ds.Manufacturer == "medvision"
+            assert b"pneumonia-classifier" in held.read_bytes()
+            classes.append(ds.SOPClassUID)
+            check = subprocess.run([DCIODVFY, str(held)], capture_output=True, text=True, timeout=60, check=False)
+            errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+            assert errors == [], (held.name, errors)
+        assert sorted(classes) == ["1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.34"]
+
+        # A routing rule forwards the results to the listener: accepted, not written, not reported again.
+        ids = [h["ID"] for s in stored for h in server.rest("POST", "/tools/lookup", data=s["sop_instance_uid"]).json()]
+        r = server.rest("POST", "/modalities/listener/store", json={"Resources": ids}, timeout=60)
+        assert r.status_code == 200, r.text
+        time.sleep(2.5)  # longer than --study-timeout
+        assert [p.stem for p in (out / "incoming" / study_uid).glob("*.dcm")] == [dcmread(source).SOPInstanceUID]
+        assert json.loads(queue.read_text())["processed_at"] == entry["processed_at"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0
+        text = log_path.read_text()
+        assert text.count(f"study {study_uid}: 1 instances, flagged ") == 1 and "stored ok (2 files)" in text
+        assert text.count("medvision's own result; accepted, not reported") == 2
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        server.stop(graceful=False)
+
+
+def test_make_pacs_routes_every_demo_study_to_the_listener_once(
+    running: Callable[..., Listener], tmp_path: Path
+) -> None:
+    """``make pacs`` (``python -m medvision.pacs.orthanc``): demo studies uploaded, instructions printed, and its
+    routing rule sends each study to the listener, which reports it and stores the results back. Those results
+    make the study stable again, so Orthanc sends it once more: it is not reported a second time."""
+    from medvision.demo import write_demo_data
+
+    require_orthanc()
+    write_demo_data(tmp_path / "demo", 6, n_cxr_patients=1, n_mri=0, n_mri_dicom=0)
+    studies = {str(dcmread(p, stop_before_pixels=True).StudyInstanceUID)
+               for p in (tmp_path / "demo" / "cxr" / "dicom").rglob("*.dcm")}  # fmt: skip
+    http, dicom, port = free_port(), free_port(), free_port()
+    root = tmp_path / "pacs"
+    cmd = [sys.executable, "-m", "medvision.pacs.orthanc", "--data", str(tmp_path / "demo"), "--root", str(root),
+           "--http-port", str(http), "--dicom-port", str(dicom), "--listener-aet", LISTENER_AET,
+           "--listener-port", str(port), "--stable-age", "1"]  # fmt: skip
+    store = DimseStore(PacsAddress("dimse", "127.0.0.1", dicom, ae_title=ORTHANC_AET), calling_aet=LISTENER_AET,
+                       timeout=10, retry=RetryPolicy(attempts=3, base_delay=0.5))  # fmt: skip
+    listener = running(store=store, allowed_aets=[ORTHANC_AET], classifier=_classifier(), port=port)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        printed = []
+        while proc.stdout is not None and not any("Try, from another terminal" in line for line in printed):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(printed)
+            printed.append(line)
+        text = "".join(printed)
+        assert f"running with {len(studies)} demo studies" in text
+        assert f"http://127.0.0.1:{http}/app/explorer.html" in text and f"dimse://ORTHANC@127.0.0.1:{dicom}" in text
+        creds = json.loads((root / "credentials.json").read_text())
+        assert (root / "credentials.json").stat().st_mode & 0o077 == 0 and creds["password"] not in text
+
+        entries = {uid: _wait(_finished(listener, uid), timeout=120) for uid in studies}
+        assert all(e["state"] == DONE and all(s["ok"] for s in e["result"]["stored"]) for e in entries.values())
+        time.sleep(4)  # the stored results make each study stable again (1 s): Orthanc sends it again
+        assert {uid: listener.state(uid)["processed_at"] for uid in studies} == {
+            uid: e["processed_at"] for uid, e in entries.items()
+        }
+        orthanc_log = (root / "orthanc.log").read_text()
+        assert orthanc_log.count("routing study") >= 2 * len(studies), orthanc_log[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Orthanc stopped." in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -154,14 +154,17 @@ def test_dicomweb_in_and_out_equals_the_folder_report_and_a_rerun_updates(
     drop = lambda r: {k: v for k, v in r.items() if k not in ("source", "stored")}  # noqa: E731
     assert [drop(r) for r in rows] == [drop(r) for r in plain]
 
-    # A re-run stores the same SOP Instance UIDs again: an update, never a second copy. The study now also
-    # holds the SR and SC: retrieved, they are listed as not applicable (nothing to send).
-    again = run_report(config, classifier=_classifier(), detector=FakeDetector(), progress=False)
-    assert again["stored_failed"] == 0
+    # A re-run (a cold cache) stores the same SOP Instance UIDs again: an update, never a second copy. The
+    # studies now also hold medvision's SR and SC: they are left out of the retrieve, so the rows are the same.
+    again = run_report(config.model_copy(update={"pacs_cache": tmp_path / "cold"}), classifier=_classifier(),
+                       detector=FakeDetector(), progress=False)  # fmt: skip
+    assert again["stored_failed"] == 0 and again["studies_read"] == 2
     rerun = _rows(out)
-    assert {r["status"] for r in rerun} == {"ok", "not_applicable"}
-    assert {r["stored"] for r in rerun if r["status"] == "not_applicable"} == {"not_applicable"}
-    _check_stored(pacs, out, [r for r in rerun if r["status"] == "ok"])
+    assert rerun == rows
+    assert sorted(p.parent.parent.name for p in (tmp_path / "cold").rglob("*.dcm")) == sorted(
+        r["study_uid"] for r in rows
+    )  # one source instance per study, no SR or SC
+    _check_stored(pacs, out, rerun)
 
 
 def test_dimse_in_and_out(pacs: Orthanc, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -176,6 +179,15 @@ def test_dimse_in_and_out(pacs: Orthanc, monkeypatch: pytest.MonkeyPatch, tmp_pa
     with (tmp_path / "r" / "results.csv").open() as fh:
         assert [r["stored"] for r in csv.DictReader(fh)] == ["ok", "ok"]
     _check_stored(pacs, tmp_path / "r", rows)
+
+    # Again with a cold cache: series-level C-FIND finds medvision's SR and SC series, the C-GET leaves them out.
+    from medvision.pacs import DimseSource
+
+    source = DimseSource(pacs.dimse, calling_aet=CALLING_AET)
+    study = rows[0]["study_uid"]
+    first = sorted(p.relative_to(tmp_path / "cache") for p in (tmp_path / "cache" / study).rglob("*.dcm"))
+    assert [p.relative_to(tmp_path / "cold") for p in source.retrieve(study, tmp_path / "cold")] == first
+    assert source.skipped == 2 and source.fetched == 1
 
 
 def test_outage_keeps_the_objects_and_resend_stores_them(

@@ -171,26 +171,6 @@ def mixed(tmp_path: Path) -> MixedFolder:
     return make_mixed_folder(tmp_path / "incoming")
 
 
-@pytest.fixture(scope="session")
-def registered_classifier(tmp_path_factory) -> str:
-    """A tiny trained classifier registered as pneumonia-classifier@candidate; returns the tracking URI."""
-    import mlflow
-
-    from medvision.config import load_config
-    from medvision.engine import train_classification
-    from tests.engine.conftest import make_cxr_set, write_config
-
-    tmp = tmp_path_factory.mktemp("report-model")
-    manifest = make_cxr_set(tmp / "cxr", n_patients=8)
-    cfg = load_config(write_config(tmp, manifest, train__epochs=1, evaluate__bootstrap=10))
-    try:
-        train_classification(cfg, progress=False)
-    finally:
-        if mlflow.active_run() is not None:
-            mlflow.end_run()
-    return f"sqlite:///{tmp / 'mlflow.db'}"
-
-
 @dataclass
 class FakePrediction:
     boxes: list[dict[str, Any]]
