@@ -158,14 +158,11 @@ def _document(
     procedure: Any,
     model: Mapping[str, Any],
 ) -> Any:
-    from highdicom.sr import Comprehensive3DSR, MeasurementReport
+    from highdicom.sr import MeasurementReport
 
     if not evidence:
         raise ValueError("an SR needs at least one source DICOM header as evidence")
-    first = _with_type2(evidence[0])
-    evidence = [first, *evidence[1:]]
-    name, version, _ = _model_parts(model)
-    study_uid, series_uid = str(first.StudyInstanceUID), str(first.get("SeriesInstanceUID", ""))
+    evidence = [_with_type2(evidence[0]), *evidence[1:]]
     try:
         report = MeasurementReport(
             observation_context=_observation_context(model),
@@ -182,9 +179,19 @@ def _document(
             procedure_reported=procedure,
             imaging_measurements=groups,
         )
+    return _comprehensive_3d_sr(evidence, report, model)
+
+
+def _comprehensive_3d_sr(evidence: list[Any], content: Any, model: Mapping[str, Any]) -> Any:
+    """highdicom's document around ``content``: UIDs derived from the study and the model, an unverified draft."""
+    from highdicom.sr import Comprehensive3DSR
+
+    first = evidence[0]
+    name, version, _ = _model_parts(model)
+    study_uid, series_uid = str(first.StudyInstanceUID), str(first.get("SeriesInstanceUID", ""))
     return Comprehensive3DSR(
         evidence=list(evidence),
-        content=report,
+        content=content,
         series_instance_uid=_uid("series", study_uid, series_uid, name, version),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=_uid("instance", study_uid, series_uid, name, version),
@@ -384,15 +391,12 @@ def _document_fast(
     model: Mapping[str, Any],
 ) -> Any:
     """:func:`_document` from cached parts (see above); ``group_items`` are the measurement groups' items."""
-    from highdicom.sr import Comprehensive3DSR, ContentSequence, ImageLibrary
+    from highdicom.sr import ContentSequence, ImageLibrary
     from highdicom.sr.value_types import ContentItem
 
     if not evidence:
         raise ValueError("an SR needs at least one source DICOM header as evidence")
-    first = _with_type2(evidence[0])
-    evidence = [first, *evidence[1:]]
-    name, version, _ = _model_parts(model)
-    study_uid, series_uid = str(first.StudyInstanceUID), str(first.get("SeriesInstanceUID", ""))
+    evidence = [_with_type2(evidence[0]), *evidence[1:]]
     root, before, container = _report_parts(_model_parts(model), procedure)
     try:
         library = list(ImageLibrary(list(referenced))) if referenced else []
@@ -403,21 +407,7 @@ def _document_fast(
     items = [*(_copy_tree(i) for i in before), *library, measurements]
     stub = _copy_tree(root)
     stub.ContentSequence = []
-    sr = Comprehensive3DSR(
-        evidence=list(evidence),
-        content=stub,
-        series_instance_uid=_uid("series", study_uid, series_uid, name, version),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=_uid("instance", study_uid, series_uid, name, version),
-        instance_number=1,
-        manufacturer=_MANUFACTURER,
-        is_complete=False,
-        is_final=False,
-        is_verified=False,
-        series_description=f"AI draft: {name} v{version}"[:64],
-        manufacturer_model_name=f"{name} v{version}"[:64],
-        software_versions=_software_version(),
-    )
+    sr = _comprehensive_3d_sr(evidence, stub, model)
     # ``sr.content`` is highdicom's parsed view of the tree. Its constructor parses a deep copy; here the
     # tree is parsed in place (as highdicom's ``from_dataset(copy=False)`` does), so the document's items
     # are typed content items as in the reference, and ``sr.content`` shares them. ``_from_dataset_derived`` and
