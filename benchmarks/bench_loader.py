@@ -84,7 +84,6 @@ def profile(items: list[dict], cache: Path) -> dict[str, float]:
     """Milliseconds per cold item by stage, in this process (one thread)."""
     import monai.data.dataset as monai_dataset
 
-    import medvision.data.dataset as mv_dataset
     import medvision.data.transforms as mv_transforms
 
     torch.set_num_threads(1)
@@ -113,7 +112,6 @@ def profile(items: list[dict], cache: Path) -> dict[str, float]:
         total = time.perf_counter() - start
     finally:
         mv_transforms.load_radiograph_tensor, ds.hash_func, monai_dataset.torch.save = saved
-        del mv_dataset  # imported for the reader's reference only
     per = {k: 1000 * v / len(items) for k, v in spent.items()}
     per["transforms (rest)"] = 1000 * total / len(items) - sum(per.values())
     per["total"] = 1000 * total / len(items)

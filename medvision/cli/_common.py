@@ -6,6 +6,7 @@ Nothing here imports torch, monai or MLflow.
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -57,3 +58,16 @@ def given_on_command_line(ctx: typer.Context, name: str) -> bool:
     """Whether the option ``name`` was typed (not taken from its environment variable or its default)."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name == "COMMANDLINE"
+
+#: The PACS options the report and the listener share.
+CaBundle = Annotated[
+    Path | None, typer.Option("--ca-bundle", help="PEM file of the CAs to trust for the PACS (TLS).")
+]
+PacsCredentials = Annotated[
+    Path | None,
+    typer.Option(
+        "--credentials",
+        help="PACS credentials file ({username, password} or {token}, chmod 600); default: $MEDVISION_PACS_USER and"
+        " $MEDVISION_PACS_PASSWORD, or $MEDVISION_PACS_TOKEN.",
+    ),
+]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from medvision.cli._common import TrackingUri
+from medvision.cli._common import CaBundle, PacsCredentials, TrackingUri
 
 __all__ = ["listen"]
 
@@ -48,13 +48,8 @@ def listen(
     ),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="DICOM TLS: the listener's certificate (PEM)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="DICOM TLS: its private key (PEM)."),
-    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help="PEM file of the CAs to trust for --store (TLS)."),
-    credentials: Path | None = typer.Option(
-        None,
-        "--credentials",
-        help="Credentials file for a DICOMweb --store ({username, password} or {token}, chmod 600); default:"
-        " $MEDVISION_PACS_USER and $MEDVISION_PACS_PASSWORD, or $MEDVISION_PACS_TOKEN.",
-    ),
+    ca_bundle: CaBundle = None,
+    credentials: PacsCredentials = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Receive studies by C-STORE, report each complete study and send its SR (and SC) to --store."""

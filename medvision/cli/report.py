@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from medvision.cli._common import TrackingUri, given_on_command_line
+from medvision.cli._common import CaBundle, PacsCredentials, TrackingUri, given_on_command_line
 
 __all__ = ["SALT_ENV", "report"]
 
@@ -98,13 +98,8 @@ def report(
     calling_aet: str | None = typer.Option(
         None, "--calling-aet", help="medvision's DIMSE AE title (default MEDVISION)."
     ),
-    ca_bundle: Path | None = typer.Option(None, "--ca-bundle", help="PEM file of the CAs to trust for the PACS (TLS)."),
-    credentials: Path | None = typer.Option(
-        None,
-        "--credentials",
-        help="PACS credentials file ({username, password} or {token}, chmod 600); default: $MEDVISION_PACS_USER and"
-        " $MEDVISION_PACS_PASSWORD, or $MEDVISION_PACS_TOKEN.",
-    ),
+    ca_bundle: CaBundle = None,
+    credentials: PacsCredentials = None,
     pacs_cache: Path | None = typer.Option(
         None, "--pacs-cache", help="Where studies retrieved from a PACS are kept (default <out>.pacs-cache)."
     ),

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -290,15 +291,12 @@ def serve_demo(
     listener: tuple[str, int] = ("MEDVISION", 11112),
     route: bool = True,
     stable_age: int = 10,
-    ready: Any = None,
 ) -> Orthanc:
     """Start Orthanc for people to try (explorer on, the demo studies of ``data`` uploaded); returns it running.
 
     The password is new at each start and written, with the user, to ``<root>/credentials.json`` (mode 600):
     the file ``medvision report --credentials`` reads.
     """
-    import sys
-
     files = _demo_files(data)
     if not files:
         raise PacsError("make pacs", f"{data} holds no demo DICOM study", "run make demo-data first")
@@ -370,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             route=not args.no_route, stable_age=args.stable_age,
         )  # fmt: skip
     except PacsError as exc:
-        print(f"error: {exc}", file=__import__("sys").stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 3
     studies = len(server.rest("GET", "/studies").json())
     print(_instructions(server, args.root.resolve(), studies, listener, not args.no_route), flush=True)
