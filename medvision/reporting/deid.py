@@ -612,26 +612,32 @@ class Deidentifier:
         del ds.file_meta
 
     def stamp(self, ds: Any, *, shareable: bool) -> Any:
-        """Record the de-identification on an object medvision writes (or on a de-identified header).
+        """Record the de-identification on an object medvision writes (see :func:`stamp`)."""
+        return stamp(ds, self.options, shareable=shareable)
 
-        ``PatientIdentityRemoved`` is ``YES`` and ``DeidentificationMethodCodeSequence`` lists the CID 7050
-        codes of the profile and options only when ``shareable`` (every source image had
-        ``BurnedInAnnotation`` ``NO``); otherwise ``NO`` (the header is de-identified all the same).
-        ``LongitudinalTemporalInformationModified`` is ``MODIFIED`` (dates shifted) or ``REMOVED``.
-        """
-        from pydicom.dataset import Dataset
 
-        ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.options.retain_dates else "REMOVED"
-        ds.PatientIdentityRemoved = "YES" if shareable else "NO"
-        method = self.options.describe()
-        ds.DeidentificationMethod = method
-        if shareable:
-            items = []
-            for value, meaning in self.options.codes():
-                item = Dataset()
-                item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
-                items.append(item)
-            ds.DeidentificationMethodCodeSequence = items
-        elif "DeidentificationMethodCodeSequence" in ds:
-            del ds.DeidentificationMethodCodeSequence
-        return ds
+def stamp(ds: Any, options: DeidOptions, *, shareable: bool) -> Any:
+    """Record the de-identification done with ``options`` on an object medvision writes (or on a de-identified
+    header); a function of the options alone, so that the report's writer process stamps what it writes.
+
+    ``PatientIdentityRemoved`` is ``YES`` and ``DeidentificationMethodCodeSequence`` lists the CID 7050
+    codes of the profile and options only when ``shareable`` (every source image had
+    ``BurnedInAnnotation`` ``NO``); otherwise ``NO`` (the header is de-identified all the same).
+    ``LongitudinalTemporalInformationModified`` is ``MODIFIED`` (dates shifted) or ``REMOVED``.
+    """
+    from pydicom.dataset import Dataset
+
+    ds.LongitudinalTemporalInformationModified = "MODIFIED" if options.retain_dates else "REMOVED"
+    ds.PatientIdentityRemoved = "YES" if shareable else "NO"
+    method = options.describe()
+    ds.DeidentificationMethod = method
+    if shareable:
+        items = []
+        for value, meaning in options.codes():
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = items
+    elif "DeidentificationMethodCodeSequence" in ds:
+        del ds.DeidentificationMethodCodeSequence
+    return ds

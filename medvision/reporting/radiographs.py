@@ -12,6 +12,7 @@ the optional secondary capture of its most suspicious image, and a failure row p
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from medvision.engine.classify import ClassifierBundle
 from medvision.reporting.cache import _remember
 from medvision.reporting.discover import CLASSIFICATION, Study
 from medvision.reporting.models import _Model
-from medvision.reporting.rows import _FINDING, _base_row, _failed, _priority, _reason, _rel, _Run, _write_sc, _write_sr
+from medvision.reporting.rows import _FINDING, _base_row, _failed, _priority, _reason, _rel, _Run, _sc_file, _sr_file
 
 #: Longer side of the radiograph shown beside its heatmap, in pixels.
 DISPLAY_SIZE = 512
@@ -34,6 +35,148 @@ class _Image:
     path: Path
 
 
+@dataclass
+class _Picture:
+    """An image's picture waiting for its study's files: the display image and its heatmap, or why there is none."""
+
+    index: int
+    rel: str | None
+    picture: Any = None
+    heat: Any = None
+    note: str | None = None  # the picture could not be made (in this process)
+
+
+@dataclass
+class _StudyFiles:
+    """What the writer process needs to write one study's files (no state of the run; pickled to the writer).
+
+    Headers are de-identified here (the de-identifier's state stays in this process); ``stamp`` is its options.
+    """
+
+    tmp: Path
+    root: Path
+    key: str
+    study: Study
+    row: dict[str, Any]
+    pictures: list[_Picture]
+    results: list[tuple[int, float, bool, str | None]]
+    sr_headers: list[Any] | None  # None: the headers could not be read (``sr_error``)
+    sr_findings: list[tuple[Any, float, bool]] | None
+    sr_error: str | None
+    sc_headers: dict[int, Any]  # for the secondary capture: de-identified when the report is
+    sc_orientation: dict[int, Any]
+    sc_errors: dict[int, str]
+    stamp: Any
+    shareable: bool
+    secondary_capture: bool
+    sc_what: str
+
+
+@dataclass
+class _Written:
+    """What the writer process wrote for one study, and why anything is missing (the notes' wording)."""
+
+    results: list[tuple[int, float, bool, str | None]]
+    picture_notes: list[str]
+    sr_path: str | None = None
+    sr_note: str | None = None
+    sc_path: str | None = None
+    sc_note: str | None = None
+
+
+def _write_study_files(job: _StudyFiles) -> _Written:
+    """One study's overlays, SR and secondary capture, in order (the SC is made from an overlay written here).
+
+    Runs in the report's writer process (or inline: see :class:`_Writer`); every failure becomes a note, as
+    in a row, so nothing raised here is lost with the process.
+    """
+    from medvision.reporting.explain import write_overlay
+
+    failed: set[int] = set()
+    notes: list[str] = []
+    for pic in job.pictures:
+        if pic.note is not None:
+            notes.append(pic.note)
+            continue
+        if pic.rel is None:
+            continue
+        try:
+            write_overlay(pic.picture, pic.heat, job.tmp / pic.rel)
+        except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
+            failed.add(pic.index)
+            notes.append(f"image not written: {_reason(exc, job.study, job.root)}")
+    results = [(n, p, f, None if n in failed else rel) for n, p, f, rel in job.results]
+    written = _Written(results=results, picture_notes=notes)
+    if job.sr_headers is not None:
+        try:
+            written.sr_path = _sr_file(job.tmp, job.key, job.sr_headers, "classification", job.row,
+                                       findings=job.sr_findings, stamp=job.stamp, shareable=job.shareable)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
+            written.sr_note = f"no DICOM SR ({type(exc).__name__}: {exc})"
+    else:
+        written.sr_note = job.sr_error
+    pictured = [(p, n, rel) for n, p, _, rel in results if rel is not None]
+    if job.secondary_capture and pictured:
+        _, n, rel = max(pictured)  # the image with the highest probability
+        try:
+            if n in job.sc_errors:
+                written.sc_note = job.sc_errors[n]
+            else:
+                written.sc_path = _sc_file(job.tmp, job.key, job.sc_headers[n], rel, job.sc_orientation[n],
+                                           job.sc_what, job.row, stamp=job.stamp)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
+            written.sc_note = f"no DICOM secondary capture ({type(exc).__name__}: {exc})"
+    return written
+
+
+#: A run with at least this many studies writes their files in a writer process; fewer are written inline
+#: (forking costs more than it saves for one or two studies, e.g. ``medvision listen``'s single study).
+WRITER_MIN_STUDIES = 4
+
+
+class _Writer:
+    """Each study's files (overlay pictures, SR, secondary capture) written by one forked process while the next
+    batch goes through the network: they are Python (highdicom, pydicom, Pillow) and hold the GIL, so a thread
+    would not overlap them with this process (measured: ``benchmarks/bench_report.py``). One worker keeps the
+    studies in order. A study whose job cannot reach the process (it died) is written inline, never lost.
+    """
+
+    def __init__(self, parallel: bool) -> None:
+        self.pool: Any = None
+        if parallel:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork: the child has the imported modules already (spawn would import torch and highdicom again).
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+
+    def submit(self, job: _StudyFiles) -> Any:
+        from concurrent.futures import Future
+
+        if self.pool is not None:
+            try:
+                return self.pool.submit(_write_study_files, job)
+            except RuntimeError:  # the pool broke (its process died): from now on, inline
+                self.pool = None
+        done: Future = Future()
+        done.set_result(_write_study_files(job))
+        return done
+
+    def result(self, future: Any, job: _StudyFiles) -> _Written:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self.pool = None
+            return _write_study_files(job)  # the files it may have half written are overwritten whole
+
+    def close(self, *, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+            self.pool = None
+
+
 def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
     """Batched classification with Grad-CAM of every image of ``studies``; one row per study."""
     import numpy as np
@@ -41,7 +184,7 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
 
     from medvision.io.fast import shared_decodes
     from medvision.metrics.calibration import apply_temperature
-    from medvision.reporting.explain import GradCamExplainer, display_image, heatmap_to_display, write_overlay
+    from medvision.reporting.explain import GradCamExplainer, display_image, heatmap_to_display
 
     loaded: ClassifierBundle = model.value
     transform = loaded.transforms()  # the inference chain of the model's contract
@@ -52,20 +195,33 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
         explainer = GradCamExplainer(loaded.module)
     results: dict[str, list[tuple[int, float, bool, str | None]]] = {s.key: [] for s in studies}
     failures: dict[str, list[tuple[int, str]]] = {s.key: [] for s in studies}  # images that cannot be read
-    notes: dict[str, list[str]] = {s.key: [] for s in studies}  # what is missing from a finding that stands
+    pictures: dict[str, list[_Picture]] = {s.key: [] for s in studies}
     remaining = {s.key: len(s.paths) for s in studies}
     items = [_Image(s, n, p) for s in studies for n, p in enumerate(s.paths, 1)]
+    writer = _Writer(parallel=len(studies) >= WRITER_MIN_STUDIES)
+    pending: deque[tuple[Any, _Finish]] = deque()  # studies whose files are being written, in order
+
+    def finish(block: bool) -> None:
+        # A study's row is added (and sent, remembered) once its files are whole, in the order studies completed.
+        while pending and (block or pending[0][0].done()):
+            future, row = pending.popleft()
+            start = time.perf_counter()
+            row.add(writer.result(future, row.job))
+            run.tick("write", start)
 
     def done(item: _Image) -> None:
-        # A study's row (and SR) is written as soon as its last image is through.
+        # A study's files are started as soon as its last image is through.
         bar.update(1)
         remaining[item.study.key] -= 1
         if remaining[item.study.key] == 0:
             start = time.perf_counter()
             study = item.study
-            outcome = (results[study.key], failures[study.key], notes[study.key])
-            _classification_row(run, study, model, outcome, threshold, has_cam)
+            outcome = (results[study.key], failures[study.key], pictures.pop(study.key))
+            row = _classification_row(run, study, model, outcome, threshold, has_cam)
+            if row is not None:
+                pending.append((writer.submit(row.job), row))
             run.tick("write", start)
+            finish(block=False)
 
     has_cam = explainer is not None
     try:
@@ -111,14 +267,17 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
                                 if maps is not None
                                 else np.zeros_like(picture)
                             )
-                            write_overlay(picture, heat, run.tmp / str(rel))
+                            pictures[item.study.key].append(_Picture(item.index, rel, picture, heat))
                         except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
+                            note = f"image not written: {_reason(exc, item.study, run.root)}"
+                            pictures[item.study.key].append(_Picture(item.index, None, note=note))
                             rel = None
-                            notes[item.study.key].append(f"image not written: {_reason(exc, item.study, run.root)}")
                     results[item.study.key].append((item.index, prob, prob >= threshold, rel))
                     run.tick("write", start)
                     done(item)
+        finish(block=True)
     finally:
+        writer.close(cancel=True)
         if explainer is not None:
             explainer.close()
 
@@ -128,16 +287,65 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
+@dataclass
+class _Finish:
+    """A study's row waiting for its files; :meth:`add` completes it with what was written and adds it."""
+
+    run: _Run
+    study: Study
+    model: _Model
+    row: dict[str, Any]
+    notes: list[str]
+    failures: list[tuple[int, str]]
+    has_cam: bool
+    threshold: float
+    job: _StudyFiles
+
+    def add(self, written: _Written) -> None:
+        run, study, row, threshold = self.run, self.study, self.row, self.threshold
+        what = "Grad-CAM heatmap over it (right)" if self.has_cam else "no heatmap (the model has no feature layer)"
+        row["images"] = [
+            {
+                "path": rel,
+                "caption": f"image {n}: radiograph (left), {what}; pneumonia probability {p:.3f}"
+                f" ({'flagged' if f else 'not flagged'} at threshold {threshold:.3f})",
+                "kind": "heatmap" if self.has_cam else "image",
+            }
+            for n, p, f, rel in sorted(written.results)
+            if rel is not None
+        ]
+        notes = [*written.picture_notes, *self.notes]
+        if written.sr_path is not None:
+            row["sr_path"] = written.sr_path
+        elif written.sr_note is not None:
+            notes.append(written.sr_note)
+        if written.sc_path is not None:
+            row["secondary_capture_path"] = written.sc_path
+        elif written.sc_note is not None:
+            notes.append(written.sc_note)
+        if notes:
+            row["reason"] = "; ".join(notes)
+        key = self.job.key
+        rows = [run.add(row, study)]
+        for n, reason in self.failures:
+            # "Nothing lost": an unreadable image of a series that was reported is listed as a failure of its own.
+            failed = _failed(_base_row(study, f"{key}-img{n}"), reason)
+            failed["source"] = _rel(study.paths[n - 1], run.root)
+            failed["task"], failed["finding"], failed["model"] = CLASSIFICATION, _FINDING[CLASSIFICATION], row["model"]
+            rows.append(run.add(failed, study))
+        _remember(run, study, self.model, rows)
+
+
 def _classification_row(
     run: _Run,
     study: Study,
     model: _Model,
-    outcome: tuple[list[tuple[int, float, bool, str | None]], list[tuple[int, str]], list[str]],
+    outcome: tuple[list[tuple[int, float, bool, str | None]], list[tuple[int, str]], list[_Picture]],
     threshold: float,
     has_cam: bool,
-) -> None:
-    """The row (and SR) of one radiograph series, plus a failure row per image that could not be read."""
-    results, failures, notes = outcome
+) -> _Finish | None:
+    """The row of one radiograph series, and the job that writes its files (``None``: a failed row, added now)."""
+    results, failures, pictured = outcome
     key = run.key_for(study)
     row = _base_row(study, key)
     row["model"] = dict(model.provenance)
@@ -145,56 +353,53 @@ def _classification_row(
     if not results:
         reason = "; ".join(r for _, r in failures) or f"{study.source}: no image could be read"
         run.add(_failed(row, reason), study)
-        return
+        return None
     probability = max(p for _, p, _, _ in results)
     flagged = any(f for _, _, f, _ in results)
     row.update(probability=round(probability, 6), flagged=flagged, priority=_priority(probability, flagged))
-    what = "Grad-CAM heatmap over it (right)" if has_cam else "no heatmap (the model has no feature layer)"
-    row["images"] = [
-        {
-            "path": rel,
-            "caption": f"image {n}: radiograph (left), {what}; pneumonia probability {p:.3f}"
-            f" ({'flagged' if f else 'not flagged'} at threshold {threshold:.3f})",
-            "kind": "heatmap" if has_cam else "image",
-        }
-        for n, p, f, rel in sorted(results)
-        if rel is not None
-    ]
+    notes: list[str] = []
     if failures:
-        notes = [*notes, f"{len(failures)} of {len(study.paths)} images could not be read (listed apart)"]
+        notes.append(f"{len(failures)} of {len(study.paths)} images could not be read (listed apart)")
     if run.withheld(study) is not None:
-        notes = [*notes, str(run.withheld(study))]
+        notes.append(str(run.withheld(study)))
     from medvision.io.dicom import read_dataset
 
-    headers: dict[int, Any] = {}  # read once, for the SR and the secondary capture
+    raw: dict[int, Any] = {}  # read once, for the SR and the secondary capture
+    deid: dict[int, Any]
+    sr_headers: list[Any] | None
+    sr_findings: list[tuple[Any, float, bool]] | None
+    sr_error = None
     try:
         # The SR's evidence is the images the finding rests on.
         for n, _, _, _ in sorted(results):
-            headers[n] = read_dataset(study.paths[n - 1], stop_before_pixels=True)
-        findings = [(headers[n], p, f) for n, p, f, _ in sorted(results)]
-        row["sr_path"] = _write_sr(
-            run, key, [h for h, _, _ in findings], "classification", row, findings=findings,
-            shareable=run.withheld(study) is None,
-        )  # fmt: skip
+            raw[n] = read_dataset(study.paths[n - 1], stop_before_pixels=True)
+        # De-identified here, once for the SR and the secondary capture (the de-identifier's state stays here).
+        deid = {n: run.deid.dataset(h) for n, h in raw.items()} if run.deid is not None else raw
+        sr_headers = [deid[n] for n, _, _, _ in sorted(results)]
+        sr_findings = [(deid[n], p, f) for n, p, f, _ in sorted(results)]
     except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
-        notes = [*notes, f"no DICOM SR ({type(exc).__name__}: {exc})"]
-    pictured = [(p, n, rel) for n, p, _, rel in results if rel is not None]
-    if run.secondary_capture and pictured:
-        _, n, rel = max(pictured)  # the image with the highest probability
-        try:
-            header = headers.get(n) or read_dataset(study.paths[n - 1], stop_before_pixels=True)
-            what = "radiograph (left) and Grad-CAM heat map (right)" if has_cam else "radiograph"
-            orientation = header.get("PatientOrientation")
-            row["secondary_capture_path"] = _write_sc(run, key, header, rel, orientation, what, row)
-        except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
-            notes = [*notes, f"no DICOM secondary capture ({type(exc).__name__}: {exc})"]
-    if notes:
-        row["reason"] = "; ".join(notes)
-    rows = [run.add(row, study)]
-    for n, reason in failures:
-        # "Nothing lost": an unreadable image of a series that was reported is listed as a failure of its own.
-        failed = _failed(_base_row(study, f"{key}-img{n}"), reason)
-        failed["source"] = _rel(study.paths[n - 1], run.root)
-        failed["task"], failed["finding"], failed["model"] = CLASSIFICATION, _FINDING[CLASSIFICATION], row["model"]
-        rows.append(run.add(failed, study))
-    _remember(run, study, model, rows)
+        deid = {}
+        sr_headers = sr_findings = None
+        sr_error = f"no DICOM SR ({type(exc).__name__}: {exc})"
+    # The secondary capture's header, for each image that may be its picture (the writer picks the most suspicious).
+    sc_headers: dict[int, Any] = {}
+    sc_orientation: dict[int, Any] = {}
+    sc_errors: dict[int, str] = {}
+    if run.secondary_capture:
+        for n, _, _, rel in results:
+            if rel is None:
+                continue
+            try:
+                header = raw.get(n) or read_dataset(study.paths[n - 1], stop_before_pixels=True)
+                sc_orientation[n] = header.get("PatientOrientation")
+                sc_headers[n] = deid[n] if n in deid else (run.deid.dataset(header) if run.deid is not None else header)
+            except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
+                sc_errors[n] = f"no DICOM secondary capture ({type(exc).__name__}: {exc})"
+    what = "radiograph (left) and Grad-CAM heat map (right)" if has_cam else "radiograph"
+    job = _StudyFiles(
+        tmp=run.tmp, root=run.root, key=key, study=study, row=dict(row), pictures=pictured, results=list(results),
+        sr_headers=sr_headers, sr_findings=sr_findings, sr_error=sr_error, sc_headers=sc_headers,
+        sc_orientation=sc_orientation, sc_errors=sc_errors, stamp=run.deid.options if run.deid is not None else None,
+        shareable=run.withheld(study) is None, secondary_capture=run.secondary_capture, sc_what=what,
+    )  # fmt: skip
+    return _Finish(run, study, model, row, notes, list(failures), has_cam, threshold, job)

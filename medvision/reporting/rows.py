@@ -233,13 +233,33 @@ def _write_sr(
     boxes: list[dict[str, Any]] | None = None,
     shareable: bool = True,
 ) -> str:
-    from medvision.reporting.sr import classification_sr, detection_sr, write_sr
-
     if run.deid is not None:
         by_uid = {str(h.SOPInstanceUID): run.deid.dataset(h) for h in headers}
         headers = [by_uid[str(h.SOPInstanceUID)] for h in headers]
         if findings is not None:
             findings = [(by_uid[str(h.SOPInstanceUID)], p, f) for h, p, f in findings]
+    stamp = run.deid.options if run.deid is not None else None
+    return _sr_file(run.tmp, key, headers, kind, row, findings=findings, boxes=boxes, stamp=stamp, shareable=shareable)
+
+
+def _sr_file(
+    tmp: Path,
+    key: str,
+    headers: list[Any],
+    kind: str,
+    row: Mapping[str, Any],
+    *,
+    findings: list[tuple[Any, float, bool]] | None = None,
+    boxes: list[dict[str, Any]] | None = None,
+    stamp: Any = None,
+    shareable: bool = True,
+) -> str:
+    """Build and write a study's SR from headers already de-identified when the report is; ``stamp``: the
+    :class:`~medvision.reporting.deid.DeidOptions` to record on it (``None``: not de-identified). Uses no
+    state of the run, so the report's writer process runs it (:mod:`medvision.reporting.radiographs`)."""
+    from medvision.reporting.deid import stamp as stamp_deid
+    from medvision.reporting.sr import classification_sr, detection_sr, write_sr
+
     model = row.get("model") or {}
     if kind == "classification":
         sr = classification_sr(headers, findings or [], model=model, threshold=row.get("threshold"))
@@ -252,10 +272,10 @@ def _write_sr(
             volume_score=float(row.get("probability") or 0.0),
             flagged=bool(row.get("flagged")),
         )
-    if run.deid is not None:
-        run.deid.stamp(sr, shareable=shareable)
+    if stamp is not None:
+        stamp_deid(sr, stamp, shareable=shareable)
     rel = f"sr/{key}.dcm"
-    write_sr(sr, run.tmp / rel)
+    write_sr(sr, tmp / rel)
     return rel
 
 
@@ -264,17 +284,28 @@ def _write_sc(
 ) -> str:
     """The study's key picture as a DICOM Secondary Capture (:mod:`medvision.reporting.sc`), pseudonymised
     with the rest of the report under ``--deidentify``."""
-    from medvision.reporting.sc import key_picture_sc, write_sc
-
     if run.deid is not None:
         header = run.deid.dataset(header)
+    stamp = run.deid.options if run.deid is not None else None
+    return _sc_file(run.tmp, key, header, picture, orientation, what, row, stamp=stamp)
+
+
+def _sc_file(
+    tmp: Path, key: str, header: Any, picture: str, orientation: Any, what: str, row: Mapping[str, Any],
+    *, stamp: Any = None,
+) -> str:  # fmt: skip
+    """Build and write the Secondary Capture from a header already de-identified when the report is (no
+    state of the run: see :func:`_sr_file`)."""
+    from medvision.reporting.deid import stamp as stamp_deid
+    from medvision.reporting.sc import key_picture_sc, write_sc
+
     sc = key_picture_sc(
-        header, run.tmp / picture, model=row.get("model") or {}, patient_orientation=orientation, description=what
+        header, tmp / picture, model=row.get("model") or {}, patient_orientation=orientation, description=what
     )
-    if run.deid is not None:
-        run.deid.stamp(sc, shareable=True)  # written only for a shareable study
+    if stamp is not None:
+        stamp_deid(sc, stamp, shareable=True)  # written only for a shareable study
     rel = f"sc/{key}.dcm"
-    write_sc(sc, run.tmp / rel)
+    write_sc(sc, tmp / rel)
     return rel
 
 
