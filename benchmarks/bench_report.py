@@ -23,6 +23,9 @@ default ``data/demo``), written there when missing.
 reference network of the design notes; timings do not depend on the weights), and ``--image-format jpeg``
 the report with JPEG pictures.
 
+``--ablation N`` times the report N more times with each of its two overlaps on and off (the loader thread that
+reads the next batch while the network runs, the writer process that writes each study's files meanwhile).
+
 Usage:
     .venv/bin/python benchmarks/bench_report.py --studies 64 --threads 2
     .venv/bin/python benchmarks/bench_report.py --studies 64 --backbone densenet121 --image-format jpeg
@@ -95,6 +98,10 @@ def main() -> None:
     )
     parser.add_argument("--image-size", type=int, default=224, help="input size with --backbone")
     parser.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="overlays and key slices")
+    parser.add_argument(
+        "--ablation", type=int, default=0, metavar="N",
+        help="also time the report N times with and without the loader thread and the writer process, interleaved",
+    )  # fmt: skip
     args = parser.parse_args()
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -181,6 +188,7 @@ def main() -> None:
                          image_format=args.image_format),
             classifier=loaded, progress=False,
         )  # fmt: skip
+        ablation = _ablation(args, inp, tmp, loaded) if args.ablation else None
 
     n = len(files)
     report_rate = n / summary["seconds"] if summary is not None else None
@@ -208,6 +216,38 @@ def main() -> None:
         print(f"  {name:42s} {seconds:8.2f} s  {100 * seconds / warm['seconds']:5.1f} %")
     cold = f"{report_rate / forward:.3f} (model from MLflow), " if report_rate is not None else ""
     print(f"ratio whole report / bare forward: {cold}{warm_rate / forward:.3f} (model loaded); target >= 0.5")
+    if ablation:
+        print("each step on and off (model loaded, interleaved runs, median):")
+        for name, seconds in ablation.items():
+            rate = n / statistics.median(seconds)
+            print(f"  {name:42s} {rate * 60:8.1f} studies/min  ratio {rate / forward:.3f}")
+
+
+def _ablation(args: argparse.Namespace, inp: Path, tmp: Path, loaded: object) -> dict[str, list[float]]:
+    """The report with the loader thread and the writer process each on and off, interleaved runs."""
+    import medvision.reporting.radiographs as radiographs
+    from medvision.reporting.batch import ReportConfig, run_report
+
+    modes = {
+        "neither (one thread, files written inline)": (False, 10**9),
+        "loader thread only": (True, 10**9),
+        "writer process only": (False, 1),
+        "both (the report as shipped)": (True, 1),
+    }
+    shipped = (radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES)
+    seconds: dict[str, list[float]] = {name: [] for name in modes}
+    try:
+        for repeat in range(args.ablation):
+            for k, (name, (thread, writer)) in enumerate(modes.items()):
+                radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES = thread, writer
+                out = tmp / f"ablation-{repeat}-{k}"
+                config = ReportConfig(input=inp, out=out, device=args.device, batch_size=args.batch_size,
+                                      image_format=args.image_format)  # fmt: skip
+                seconds[name].append(run_report(config, classifier=loaded, progress=False)["seconds"])
+                shutil.rmtree(out)
+    finally:
+        radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES = shipped
+    return seconds
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,9 @@ def _write_study_files(job: _StudyFiles) -> _Written:
     return written
 
 
+#: Read and decode the next batch in a thread while this one goes through the network.
+LOADER_THREAD = True
+
 #: A run with at least this many studies writes their files in a writer process; fewer are written inline
 #: (forking costs more than it saves for one or two studies, e.g. ``medvision listen``'s single study).
 WRITER_MIN_STUDIES = 4
@@ -186,13 +190,13 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
     from medvision.metrics.calibration import apply_temperature
     from medvision.reporting.explain import GradCamExplainer, display_image, heatmap_to_display
 
-    loaded: ClassifierBundle = model.value
-    transform = loaded.transforms()  # the inference chain of the model's contract
-    temperature, threshold = loaded.temperature, loaded.threshold
-    keep_aspect = loaded.metadata.keep_aspect
+    loaded_model: ClassifierBundle = model.value
+    transform = loaded_model.transforms()  # the inference chain of the model's contract
+    temperature, threshold = loaded_model.temperature, loaded_model.threshold
+    keep_aspect = loaded_model.metadata.keep_aspect
     explainer = None
-    if getattr(loaded.module, "feature_layer_name", None):
-        explainer = GradCamExplainer(loaded.module)
+    if getattr(loaded_model.module, "feature_layer_name", None):
+        explainer = GradCamExplainer(loaded_model.module)
     results: dict[str, list[tuple[int, float, bool, str | None]]] = {s.key: [] for s in studies}
     failures: dict[str, list[tuple[int, str]]] = {s.key: [] for s in studies}  # images that cannot be read
     pictures: dict[str, list[_Picture]] = {s.key: [] for s in studies}
@@ -224,62 +228,108 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
             finish(block=False)
 
     has_cam = explainer is not None
-    try:
-        # Each radiograph is decoded once for the model input and its display picture.
-        with shared_decodes() as decoded:
-            for batch in _chunks(items, run.batch_size):
-                decoded.clear()  # the previous batch's pixels
-                start = time.perf_counter()
-                tensors, ok = [], []
-                for item in batch:
-                    try:
-                        tensors.append(transform({"image": str(item.path)})["image"])
-                        ok.append(item)
-                    except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
-                        failures[item.study.key].append((item.index, _reason(exc, item.study, run.root)))
-                start = run.tick("load", start)
-                loaded_ids = {id(item) for item in ok}
-                for item in batch:
-                    if id(item) not in loaded_ids:
-                        done(item)
-                if not ok:
+
+    def load(batch: Sequence[_Image]) -> list[tuple[_Image, Any, str | None, Any]]:
+        # In the loader thread: each radiograph decoded once for the model input and its display picture.
+        out: list[tuple[_Image, Any, str | None, Any]] = []
+        with shared_decodes():
+            for item in batch:
+                try:
+                    tensor = transform({"image": str(item.path)})["image"]
+                except Exception as exc:  # noqa: BLE001 - one bad image never stops the batch
+                    out.append((item, None, _reason(exc, item.study, run.root), None))
                     continue
-                images = torch.stack(tensors).to(run.device)
-                if explainer is not None:
-                    logits, maps = explainer(images)
-                    start = run.tick("gradcam", start)
-                else:
-                    with torch.no_grad():
-                        logits = loaded.module(images).reshape(len(ok), -1)[:, 0].float().cpu()
-                    maps = None
-                    start = run.tick("network", start)
-                probs = apply_temperature(logits.numpy(), temperature)
-                for i, item in enumerate(ok):
-                    start = time.perf_counter()
-                    prob = float(probs[i])
-                    rel: str | None = None
-                    if run.withheld(item.study) is None:  # de-identified: pixels may carry burned-in identifiers
-                        rel = f"studies/{run.key_for(item.study)}/radiograph-{item.index}{run.suffix}"
-                        try:
-                            picture, original = display_image(item.path, size=DISPLAY_SIZE)
-                            heat = (
-                                heatmap_to_display(maps[i], original, picture.shape, keep_aspect=keep_aspect)
-                                if maps is not None
-                                else np.zeros_like(picture)
-                            )
-                            pictures[item.study.key].append(_Picture(item.index, rel, picture, heat))
-                        except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
-                            note = f"image not written: {_reason(exc, item.study, run.root)}"
-                            pictures[item.study.key].append(_Picture(item.index, None, note=note))
-                            rel = None
-                    results[item.study.key].append((item.index, prob, prob >= threshold, rel))
-                    run.tick("write", start)
+                display: Any = None
+                if run.withheld(item.study) is None:  # de-identified: pixels may carry burned-in identifiers
+                    try:
+                        display = display_image(item.path, size=DISPLAY_SIZE)
+                    except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
+                        display = f"image not written: {_reason(exc, item.study, run.root)}"
+                out.append((item, tensor, None, display))
+        return out
+
+    # The next batch is read and decoded by a thread while this one goes through the network (torch releases the
+    # GIL in its kernels; the decoders in C and numpy's resize do too).
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medvision-report-loader") if LOADER_THREAD else (
+        _Inline())  # fmt: skip
+    try:
+        batches = list(_chunks(items, run.batch_size))
+        ahead = loader.submit(load, batches[0]) if batches else None
+        for number, _ in enumerate(batches):
+            start = time.perf_counter()
+            loaded = ahead.result()
+            ahead = loader.submit(load, batches[number + 1]) if number + 1 < len(batches) else None
+            start = run.tick("load", start)
+            ok = []
+            for item, tensor, reason, display in loaded:
+                if tensor is None:
+                    failures[item.study.key].append((item.index, reason))
                     done(item)
+                else:
+                    ok.append((item, tensor, display))
+            if not ok:
+                continue
+            images = torch.stack([tensor for _, tensor, _ in ok]).to(run.device)
+            if explainer is not None:
+                logits, maps = explainer(images)
+                start = run.tick("gradcam", start)
+            else:
+                with torch.no_grad():
+                    logits = loaded_model.module(images).reshape(len(ok), -1)[:, 0].float().cpu()
+                maps = None
+                start = run.tick("network", start)
+            probs = apply_temperature(logits.numpy(), temperature)
+            for i, (item, _, display) in enumerate(ok):
+                start = time.perf_counter()
+                prob = float(probs[i])
+                rel: str | None = None
+                if display is not None:
+                    rel = f"studies/{run.key_for(item.study)}/radiograph-{item.index}{run.suffix}"
+                    try:
+                        if isinstance(display, str):
+                            raise _NoPicture(display)
+                        picture, original = display
+                        heat = (
+                            heatmap_to_display(maps[i], original, picture.shape, keep_aspect=keep_aspect)
+                            if maps is not None
+                            else np.zeros_like(picture)
+                        )
+                        pictures[item.study.key].append(_Picture(item.index, rel, picture, heat))
+                    except Exception as exc:  # noqa: BLE001 - the finding stands without its picture
+                        note = str(exc) if isinstance(exc, _NoPicture) else (
+                            f"image not written: {_reason(exc, item.study, run.root)}")  # fmt: skip
+                        pictures[item.study.key].append(_Picture(item.index, None, note=note))
+                        rel = None
+                results[item.study.key].append((item.index, prob, prob >= threshold, rel))
+                run.tick("write", start)
+                done(item)
         finish(block=True)
     finally:
+        loader.shutdown(wait=True, cancel_futures=True)
         writer.close(cancel=True)
         if explainer is not None:
             explainer.close()
+
+
+class _Inline:
+    """``submit`` runs now (the loader without its thread: ``LOADER_THREAD = False``, for the benchmark)."""
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - raised again by result(), as from a thread
+            done.set_exception(exc)
+        return done
+
+    def shutdown(self, **_: Any) -> None:
+        pass
+
+
+class _NoPicture(Exception):
+    """The display picture could not be made (the note says why)."""
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
