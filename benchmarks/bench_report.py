@@ -215,7 +215,9 @@ def main() -> None:
     for name, seconds in parts.items():
         print(f"  {name:42s} {seconds:8.2f} s  {100 * seconds / warm['seconds']:5.1f} %")
     cold = f"{report_rate / forward:.3f} (model from MLflow), " if report_rate is not None else ""
-    print(f"ratio whole report / bare forward: {cold}{warm_rate / forward:.3f} (model loaded); target >= 0.5")
+    # The targets on 2 cores: DenseNet-121 224 px >= 0.5, ResNet-18 128 px (a 6x faster network) >= 0.25.
+    target = 0.25 if meta.get("backbone") == "resnet18" else 0.5
+    print(f"ratio whole report / bare forward: {cold}{warm_rate / forward:.3f} (model loaded); target >= {target}")
     if ablation:
         print("each step on and off (model loaded, interleaved runs, median):")
         for name, seconds in ablation.items():
