@@ -16,6 +16,7 @@ Detection trains in one process (no DDP yet: the volumes are few and the slice l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -30,6 +31,7 @@ import torch
 import medvision
 from medvision.config import ExperimentConfig
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
+from medvision.engine.classification import _autocast  # one precision rule for both tasks
 from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
 from medvision.engine.distributed import DistContext
 from medvision.engine.loop import RunPaths, TrainResult, fit, hash_salt, progress_bar, resolve_weights
@@ -147,13 +149,28 @@ def _batch(
     return images, targets
 
 
+def detector_losses(
+    net: torch.nn.Module, images: Any, targets: Any, cast: contextlib.AbstractContextManager
+) -> dict[str, torch.Tensor]:
+    """torchvision's RetinaNet losses of one batch, the network run under ``cast`` (bf16 autocast on CUDA with
+    ``train.amp`` auto or bf16, :func:`~medvision.engine.classification._autocast`; nothing on the CPU), each loss
+    returned in float32 for the sum, the finiteness check and the backward pass. Under autocast torch computes
+    the focal loss's ``binary_cross_entropy_with_logits`` and the box ``l1_loss`` in float32 already; the
+    anchors, matcher and box coder run on float32 boxes (``tests/engine/test_detection_amp.py`` compares with
+    float32)."""
+    with cast:
+        parts = net.loss(images, targets)
+    return {name: value.float() for name, value in parts.items()}
+
+
 class DetectionTask:
     """3D tumour detection with a 2.5D slice detector (``task: detection``); see the module docstring."""
 
     name: ClassVar[str] = "detection"
     metrics: ClassVar[Mapping[str, Literal["max", "min"]]] = {"val_cpm": "max"}
     distributed: ClassVar[bool] = False  # the volumes are few and the slice loop is cheap to restart
-    channels_last: ClassVar[bool] = False
+    #: On CUDA the detector trains in channels_last, as the classifier does (torchvision's RetinaNet is 2-D).
+    channels_last: ClassVar[bool] = True
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         if cfg.data.format not in ("detection", "decathlon", "csv"):
@@ -291,7 +308,7 @@ class DetectionTask:
         images, targets = _batch(
             self.vols, batch, net.context, ctx.device, crop=self.cfg.data.volume.train_crop, rng=self.rng
         )
-        parts = net.loss(images, targets)
+        parts = detector_losses(net, images, targets, _autocast(ctx, self.cfg.train.amp))
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             return {"loss": float("nan")}
