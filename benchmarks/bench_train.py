@@ -1,9 +1,9 @@
 """Training throughput: the model alone on in-memory tensors vs. the whole step fed from DICOM files.
 
 Prints images/s for (a) the network on tensors already in memory, (b) the full training step fed by the
-real data pipeline (DICOM decode -> MONAI transforms -> PersistentDataset -> DataLoader), first epoch
-(cold cache) and later epochs (cached), and the ratio (b)/(a). On CUDA it uses bf16 autocast and
-channels_last, as training does. Run: ``make bench-train`` or
+real data pipeline (DICOM decode -> MONAI transforms -> PersistentDataset of uint16 fixed-point images -> DataLoader ->
+normalisation on the device), first epoch (cold cache) and later epochs (cached), and the ratio (b)/(a).
+On CUDA it uses bf16 autocast, channels_last and pinned batches, as training does. Run: ``make bench-train`` or
 ``.venv/bin/python benchmarks/bench_train.py --backbone densenet121 --batch-size 32 --steps 6``.
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_io import write_radiograph  # noqa: E402
 
 from medvision.data import classification_transforms, make_dataset, transform_digest  # noqa: E402
-from medvision.data.augment import BatchAugment  # noqa: E402
+from medvision.data.augment import BatchAugment, normalise_batch  # noqa: E402
 from medvision.models import create_model  # noqa: E402
 
 
@@ -108,9 +108,15 @@ def main() -> None:
             items.append({"image": str(path), "label": int(i % 2)})
         pre = model.preprocessing
         mean, std = float(np.mean(pre["mean"])), float(np.mean(pre["std"]))
-        # As training does by default: deterministic, cached loading; augmentation batched on the device.
+        # As training does by default: deterministic, cached loading of uint16 fixed-point [0, 1] images; normalisation
+        # and augmentation batched on the device.
         tf = classification_transforms(
-            image_size=args.image_size, keep_aspect=True, mean=mean, std=std, train=args.per_sample_augment
+            image_size=args.image_size,
+            keep_aspect=True,
+            mean=mean,
+            std=std,
+            train=args.per_sample_augment,
+            normalise_on_device=True,
         )
         augment = None if args.per_sample_augment else BatchAugment(std=std)
         aug_generator = torch.Generator(device=device).manual_seed(0)
@@ -129,7 +135,7 @@ def main() -> None:
             _sync(device)
             start = time.perf_counter()
             for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
+                images = normalise_batch(batch["image"].to(device, non_blocking=True), mean, std)
                 if augment is not None:
                     images = augment(images, aug_generator)
                 step(images, torch.as_tensor(batch["label"]))

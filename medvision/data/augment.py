@@ -7,6 +7,13 @@ and translation (one ``affine_grid``/``grid_sample`` for the whole batch), gamma
 noise -- are written here as batched tensor operations, with the same settings and defaults as
 :data:`medvision.data.transforms.DEFAULT_AUGMENT`. MONAI has no batched random affine; this is the
 piece written by hand.
+
+The cache holds uint16 fixed-point images of [0, 1] (``classification_transforms(normalise_on_device=True)``);
+:func:`normalise_batch` turns a batch of them into float32 ``(x - mean) / std`` on the device, and the
+augmentation runs after it, on normalised intensities, as the per-sample chain always did (the affine pads
+with 0 = the mean intensity, ``noise_std`` is divided by ``std``). So a batch equals what the float32 chain
+gave, up to the fixed-point rounding of the [0, 1] image (at most 1/131070 = 7.6e-6, divided by ``std`` after
+normalisation).
 """
 
 from __future__ import annotations
@@ -18,7 +25,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medvision.data.transforms import _augment_settings
+from medvision.data.transforms import _augment_settings, from_fixed_point
+
+
+def normalise_batch(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``(images - mean) / std`` in float32: a batch of cached images (uint16 fixed point of [0, 1], or any
+    float dtype in [0, 1]) as model input.
+
+    Run it on the device, after the transfer: the loader hands over uint16, half the bytes of float32.
+
+    Example:
+        >>> normalise_batch(torch.tensor([0, 32768, 65535], dtype=torch.uint16), 0.5, 0.25).tolist()
+        [-2.0, 3.0517578125e-05, 2.0]
+    """
+    return (from_fixed_point(images) - float(mean)) / float(std)
 
 
 class BatchAugment:

@@ -7,16 +7,20 @@ deterministic part of the transform chain in ``cache_dir/<settings digest>``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
 import re
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import Dataset, PersistentDataset
 from monai.data.utils import sorted_dict
+from monai.utils import convert_to_tensor
 
 from medvision.constants import DEFAULT_MAX_VOXELS, IMAGE, IMAGE_SUFFIXES, LABEL, PATIENT_ID
 from medvision.data.datalist import datalist_name, join_problems, parse_age, parse_sex
@@ -54,7 +58,36 @@ class RadiographDataset(_UnwrapErrors, Dataset):
 
 
 class CachedRadiographDataset(_UnwrapErrors, PersistentDataset):
-    """MONAI ``PersistentDataset`` whose failures surface as medvision errors."""
+    """MONAI ``PersistentDataset`` whose failures surface as medvision errors, with a leaner cache write.
+
+    A cache miss is written to a temporary file in the cache folder itself and renamed into place
+    (``os.replace``, atomic within one file system, so a killed worker never leaves a half-written entry
+    under the real name). MONAI makes and removes a temporary directory per entry and moves the file from
+    there (a copy when ``/tmp`` is another file system): on a cold epoch that cost about as much as writing
+    the entry. Reading (and MONAI's handling of a corrupt entry) is MONAI's own.
+    """
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        if self.cache_dir is None:
+            return super()._cachecheck(item_transformed)
+        name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+        hashfile = self.cache_dir / f"{name}.pt"
+        if hashfile.is_file():
+            return super()._cachecheck(item_transformed)
+        entry = self._pre_transform(copy.deepcopy(item_transformed))  # the datalist item stays as hashed
+        partial = self.cache_dir / f".{name}.{os.getpid()}.{threading.get_ident()}.partial"
+        try:
+            torch.save(
+                convert_to_tensor(entry, convert_numeric=False, track_meta=self.track_meta),
+                partial,
+                pickle_protocol=self.pickle_protocol,
+            )
+            os.replace(partial, hashfile)
+        except PermissionError:  # a read-only cache folder: compute every time, as MONAI does
+            pass
+        finally:
+            partial.unlink(missing_ok=True)
+        return entry
 
 
 def item_hash(item: dict[str, Any]) -> bytes:
@@ -124,7 +157,14 @@ def make_dataset(
             f"cannot create {folder} ({exc.strerror or exc})",
             "choose a writable cache folder, or set data.cache_dir to null",
         ) from exc
-    return CachedRadiographDataset(data=list(items), transform=transform, cache_dir=folder, hash_func=item_hash)
+    dataset = CachedRadiographDataset(data=list(items), transform=transform, cache_dir=folder, hash_func=item_hash)
+    # A chain's cache layout (classification_transforms: "u16" for uint16 fixed-point entries) goes into the entry
+    # names: a normalised float32 chain and the compact one never read each other's entries, even when a
+    # caller gives both the same settings digest.
+    layout = getattr(transform, "cache_layout", "")
+    if layout:
+        dataset.transform_hash = f"-{layout}"
+    return dataset
 
 
 def _empty(value: Any) -> bool:

@@ -1,23 +1,39 @@
 """MONAI dictionary transforms for chest-radiograph classification.
 
-The chain that :func:`classification_transforms` builds::
+The chain that :func:`classification_transforms` builds for a model's own input (``normalise_on_device=False``:
+the model contract, the report, ``evaluate``)::
 
-    LoadRadiographd          DICOM/PNG/JPEG -> (1, S, S) float32 in [0, 1]     \\
-    DeleteItemsd("boxes")    variable-length lists do not collate               |  deterministic: cached
-    NormalizeIntensityd      (x - mean) / std                                   |  by PersistentDataset
-    EnsureTyped              plain tensor (no MetaTensor in the cache)          /
+    LoadRadiographd          DICOM/PNG/JPEG -> (1, S, S) float32 in [0, 1]
+    DeleteItemsd("boxes")    variable-length lists do not collate
+    NormalizeIntensityd      (x - mean) / std
+    EnsureTyped              plain float32 tensor (no MetaTensor)
     RandAffined              rotation, scaling, translation        \\
     RandAdjustContrastd      gamma on the min-max range            |  training only
-    RandGaussianNoised       additive noise                        /
-    EnsureTyped              plain float32 tensor
+    RandGaussianNoised       additive noise                        |
+    EnsureTyped              plain float32 tensor                  /
+
+and the one training caches (``normalise_on_device=True``), whose batches the training step normalises
+(:func:`medvision.data.augment.normalise_batch`)::
+
+    LoadRadiographd          DICOM/PNG/JPEG -> (1, S, S) float32 in [0, 1]      \\
+    DeleteItemsd("boxes")                                                       |  deterministic: cached
+    FixedPointImaged         uint16 round(65535 x), x in [0, 1]                 /  by PersistentDataset
+    (per-sample augmentation, ``where: sample`` only: the random part above, in [0, 1] units, float32)
 
 Decisions:
 
-* The cached prefix is the same for training and evaluation (load, drop boxes, normalise), so a train
+* The cached prefix is the same for training and evaluation (load, drop boxes, uint16), so a train
   and an eval dataset that share a cache folder read the same files; the random part comes after it.
-* Augmentation runs on normalised intensities. The gamma contrast works on the image's own min-max
+* The cache holds the image before normalisation, as 16-bit fixed point (uint16 ``round(65535 x)``): half
+  the bytes of float32 to write, read and hand from the loader workers to the training process, and the
+  normalisation (:func:`medvision.data.augment.normalise_batch`: ``x / 65535``, then ``(x - mean) / std``) is
+  one batched float32 operation on the device. Measured on the demo (20 epochs from the same seed): float16
+  entries (within 2.4e-4 near 1) moved the test AUROC from 0.9797 to 0.9679, beyond the 0.005 the demo
+  allows; uint16 (within 7.6e-6 everywhere) gave 0.9794. uint8 (a step of 1/255) is coarser still.
+* Augmentation acts as on normalised intensities. The gamma contrast works on the image's own min-max
   range, so it does not care about the units; the noise level ``noise_std`` is given in [0, 1] units
-  and divided by ``std``; the affine pads with 0 in normalised units (the mean intensity).
+  (divided by ``std`` on normalised images); the affine pads with the mean intensity (0 in normalised
+  units; in [0, 1] units the image is shifted by ``-mean`` around the affine).
 * ``boxes`` are dropped: classification does not use them and lists of different lengths break
   MONAI's default collate. Detection keeps them with its own transforms.
 * ``Compose(log_stats=False)``: MONAI would otherwise log the whole sample (patient id included)
@@ -56,7 +72,8 @@ from medvision.io.fast import area_resize, load_radiograph_tensor
 from medvision.io.image2d import RadiographImageReader
 
 #: Bump when the loading or the deterministic part of the chain changes: it is part of the cache digest.
-TRANSFORM_VERSION = 1
+#: 2: cache entries are uint16 fixed-point images of [0, 1], normalised on the device (1: float32, normalised).
+TRANSFORM_VERSION = 2
 
 #: Default augmentation (``augment`` of :func:`classification_transforms`).
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -106,6 +123,10 @@ class MedvisionCompose(Compose):
         ...
         medvision.errors.InputError: missing.dcm: cannot open file (No such file or directory); check the path
     """
+
+    #: What the deterministic prefix stores (``""``: the model's input; ``"u16"``: uint16 fixed point of [0, 1]);
+    #: :func:`~medvision.data.make_dataset` puts it into the cache entries' names.
+    cache_layout: str = ""
 
     def __call__(
         self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: bool | None = None
@@ -236,6 +257,71 @@ class LoadRadiographd(MapTransform):
         return d
 
 
+#: The compact cache's scale: an image x in [0, 1] is stored as uint16 round(FIXED_POINT_SCALE * x).
+FIXED_POINT_SCALE = 65535
+CACHE_DTYPE = torch.uint16
+
+
+def from_fixed_point(images: torch.Tensor) -> torch.Tensor:
+    """Cached images as float32 in [0, 1] (uint16 fixed point divided by :data:`FIXED_POINT_SCALE`; other
+    dtypes only cast)."""
+    x = images.to(torch.float32)
+    return x / FIXED_POINT_SCALE if images.dtype == CACHE_DTYPE else x
+
+
+class FixedPointImaged(MapTransform):
+    """The image(s) as plain uint16 tensors ``round(65535 x)``: the compact form training caches (x in [0, 1]).
+
+    A plain conversion, no MetaTensor: MONAI's ``EnsureTyped`` would look at every key's type and copy
+    metadata that the cache does not keep. Values are clamped to [0, 1] first (they are there already:
+    :class:`LoadRadiographd` scales them), so nothing wraps around.
+
+    Raises:
+        InputError: a value that is not a tensor (put it after :class:`LoadRadiographd`).
+
+    Example:
+        >>> FixedPointImaged(keys="image")({"image": torch.tensor([0.0, 0.5, 1.0])})["image"].tolist()
+        [0, 32768, 65535]
+    """
+
+    def __init__(self, keys: KeysCollection = IMAGE, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if not isinstance(value, torch.Tensor):
+                raise InputError(
+                    str(key), f"expected a tensor, got {type(value).__name__}",
+                    "put FixedPointImaged after LoadRadiographd",
+                )  # fmt: skip
+            unit = value.as_subclass(torch.Tensor).float().clamp(0.0, 1.0)
+            d[key] = torch.round(unit * FIXED_POINT_SCALE).to(CACHE_DTYPE)
+        return d
+
+
+class _RandAffineFilld(RandAffined):
+    """``RandAffined`` in float32 that pads with ``fill`` instead of 0 (shift by ``-fill``, affine, shift back).
+
+    Random, so it also marks where ``PersistentDataset``'s cached prefix ends: the uint16 image is turned
+    back into [0, 1] here, after the cache, not in a deterministic step that would be cached.
+    """
+
+    def __init__(self, *args: Any, fill: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fill = float(fill)
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = from_fixed_point(torch.as_tensor(d[key])) - self.fill
+        out = dict(super().__call__(d, lazy=lazy))
+        for key in self.key_iterator(out):
+            out[key] = out[key] + self.fill
+        return out
+
+
 def _augment_settings(augment: Mapping[str, Any] | None) -> dict[str, Any]:
     settings = dict(DEFAULT_AUGMENT)
     for key, value in (augment or {}).items():
@@ -273,6 +359,7 @@ def classification_transforms(
     train: bool,
     augment: Mapping[str, Any] | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    normalise_on_device: bool = False,
 ) -> Compose:
     """The MONAI chain from a datalist item to a model-ready sample (see the module docstring).
 
@@ -286,9 +373,15 @@ def classification_transforms(
             ``translate`` (fraction of the side), ``prob`` (of each random transform), ``noise_std`` (in
             [0, 1] units), ``contrast`` (gamma range)); ``{"enabled": False}`` turns it off.
         max_voxels: size guard of the loader.
+        normalise_on_device: the chain training caches: no normalisation here, the image stays in [0, 1]
+            and is stored as uint16 fixed point; the consumer normalises batches with
+            :func:`medvision.data.augment.normalise_batch` (``mean``, ``std``). The default builds the
+            model's own input, normalised float32, as the model contract and the report use it.
 
     Returns:
-        A :class:`MedvisionCompose`; its output ``image`` is a plain float32 tensor ``(1, S, S)``.
+        A :class:`MedvisionCompose`; its output ``image`` is a plain tensor ``(1, S, S)``: float32 and
+        normalised by default; with ``normalise_on_device`` uint16 fixed point of [0, 1] (float32 in [0, 1] units
+        after per-sample augmentation).
 
     Raises:
         ConfigError: a bad size, std or augmentation setting.
@@ -304,30 +397,43 @@ def classification_transforms(
         raise ConfigError("data.std", f"{std!r} is not a positive number", "use the intensity std, e.g. 0.25")
     settings = _augment_settings(augment)
     keys = [IMAGE]
+    mean, std = float(mean), float(std)
     chain: list[Any] = [
         LoadRadiographd(keys=IMAGE, size=image_size, keep_aspect=keep_aspect, max_voxels=max_voxels),
         DeleteItemsd(keys=BOXES),
-        NormalizeIntensityd(keys=keys, subtrahend=float(mean), divisor=float(std)),
-        EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
+    if normalise_on_device:
+        chain.append(FixedPointImaged(keys=keys))
+    else:
+        chain += [
+            NormalizeIntensityd(keys=keys, subtrahend=mean, divisor=std),
+            EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
     if train and settings["enabled"]:
         p = float(settings["prob"])
         shift = float(settings["translate"]) * int(image_size)
+        # In [0, 1] units (normalise_on_device) the same operations give the same normalised result: the
+        # affine pads with the mean intensity (0 in normalised units) and the noise is not divided by std.
+        units = 1.0 if normalise_on_device else std
+        affine = {
+            "keys": keys,
+            "prob": p,
+            "rotate_range": (math.radians(float(settings["rotate_deg"])),),
+            "scale_range": (float(settings["scale"]),) * 2,
+            "translate_range": (shift, shift),
+            "mode": "bilinear",
+            "padding_mode": "zeros",
+        }
         chain += [
-            RandAffined(
-                keys=keys,
-                prob=p,
-                rotate_range=(math.radians(float(settings["rotate_deg"])),),
-                scale_range=(float(settings["scale"]),) * 2,
-                translate_range=(shift, shift),
-                mode="bilinear",
-                padding_mode="zeros",
-            ),
+            _RandAffineFilld(fill=mean, **affine) if normalise_on_device else RandAffined(**affine),
             RandAdjustContrastd(keys=keys, prob=p, gamma=tuple(float(g) for g in settings["contrast"])),
-            RandGaussianNoised(keys=keys, prob=p, mean=0.0, std=float(settings["noise_std"]) / float(std)),
+            RandGaussianNoised(keys=keys, prob=p, mean=0.0, std=float(settings["noise_std"]) / units),
             EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False),
         ]
-    return MedvisionCompose(chain, log_stats=False)
+    compose = MedvisionCompose(chain, log_stats=False)
+    # Names the cache entries (make_dataset), so the two layouts never read each other's files.
+    compose.cache_layout = "u16" if normalise_on_device else ""
+    return compose
 
 
 def transform_digest(**settings: Any) -> str:

@@ -63,16 +63,46 @@ def _autocast(ctx: DistContext, amp: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _model_input(batch: dict[str, Any], device: torch.device, normalise: tuple[float, float] | None) -> torch.Tensor:
+    """A loader batch's images on ``device``; cached batches (uint16 fixed point of [0, 1]) normalised there in
+    float32."""
+    images = batch["image"].to(device, non_blocking=True)
+    if normalise is not None:
+        from medvision.data.augment import normalise_batch
+
+        return normalise_batch(images, *normalise)
+    if images.dtype in (torch.uint16, torch.float16):
+        # Only the cache stores uint16 fixed point of [0, 1]: unnormalised, it would be wrong input.
+        from medvision.errors import DataError
+
+        raise DataError(
+            "image batch",
+            f"{images.dtype} images from the training cache ([0, 1], not normalised) reached the network without"
+            " normalisation",
+            "pass normalise=(mean, std) of the model",
+        )
+    return images
+
+
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "off", ctx: DistContext | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp: str = "off",
+    ctx: DistContext | None = None,
+    normalise: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels for every batch of ``loader`` (in loader order)."""
+    """Logits and labels for every batch of ``loader`` (in loader order).
+
+    ``normalise``: ``(mean, std)`` for a loader over the cached chain (images in [0, 1]); ``None`` for one
+    over the model's own transforms (already normalised).
+    """
     model.eval()
     logits, labels = [], []
     cast = _autocast(ctx, amp) if ctx is not None else contextlib.nullcontext()
     for batch in loader:
-        images = batch["image"].to(device)
+        images = _model_input(batch, device, normalise)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with cast:
@@ -101,8 +131,11 @@ def _train_step(
     amp: str,
     augment: Any = None,
     aug_generator: torch.Generator | None = None,
+    normalise: tuple[float, float] | None = None,
 ) -> float:
-    images = batch["image"].to(ctx.device, non_blocking=True)
+    # Normalise first, then augment: BatchAugment works on normalised intensities, as the old float32
+    # chain did (it cached normalised images), so the result equals it up to the cache's fixed-point rounding.
+    images = _model_input(batch, ctx.device, normalise)
     if augment is not None:
         images = augment(images, aug_generator)
     if ctx.device.type == "cuda":
@@ -177,6 +210,7 @@ class ClassificationTask:
         aug_settings = cfg.data.augment.model_dump(exclude={"where"})
         per_sample = cfg.data.augment.where == "sample"
         # Batched augmentation on the device keeps the loader deterministic: train shares the eval cache.
+        # The cache holds uint16 fixed-point images of [0, 1]; the steps normalise batches on the device.
         self.tf_train = classification_transforms(
             image_size=cfg.data.image_size,
             keep_aspect=cfg.data.keep_aspect,
@@ -184,10 +218,17 @@ class ClassificationTask:
             std=self.std,
             train=per_sample,
             augment=aug_settings,
+            normalise_on_device=True,
         )
+        self.normalise = (self.mean, self.std)
         self.batch_augment = None if per_sample else BatchAugment(aug_settings, std=self.std)
         tf_eval = classification_transforms(
-            image_size=cfg.data.image_size, keep_aspect=cfg.data.keep_aspect, mean=self.mean, std=self.std, train=False
+            image_size=cfg.data.image_size,
+            keep_aspect=cfg.data.keep_aspect,
+            mean=self.mean,
+            std=self.std,
+            train=False,
+            normalise_on_device=True,
         )
         slim = {
             name: [{"image": it["image"], "label": int(it["label"])} for it in part]
@@ -216,6 +257,8 @@ class ClassificationTask:
             )
         else:
             self.sampler = None
+        # Page-locked batches let the host-to-device copy run asynchronously (non_blocking); CUDA only.
+        pin = ctx.device.type == "cuda"
         self.train_loader = DataLoader(
             datasets["train"],
             batch_size=cfg.train.batch_size,
@@ -224,10 +267,15 @@ class ClassificationTask:
             generator=self.generator,
             num_workers=cfg.data.num_workers,
             drop_last=len(datasets["train"]) > cfg.train.batch_size,
+            pin_memory=pin,
         )
         self.eval_loaders = {
             name: DataLoader(
-                datasets[name], batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.data.num_workers
+                datasets[name],
+                batch_size=cfg.train.batch_size,
+                shuffle=False,
+                num_workers=cfg.data.num_workers,
+                pin_memory=pin,
             )
             for name in ("val", "test")
         }
@@ -265,7 +313,15 @@ class ClassificationTask:
 
     def step(self, net: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, ctx: DistContext) -> dict[str, float]:
         loss = _train_step(
-            net, batch, self.loss_fn, optimizer, ctx, self.cfg.train.amp, self.batch_augment, self.aug_generator
+            net,
+            batch,
+            self.loss_fn,
+            optimizer,
+            ctx,
+            self.cfg.train.amp,
+            self.batch_augment,
+            self.aug_generator,
+            self.normalise,
         )
         return {"loss": loss}
 
@@ -273,7 +329,9 @@ class ClassificationTask:
         return {}, ""
 
     def validate(self, model: nn.Module, ctx: DistContext) -> dict[str, float]:
-        logits, labels = predict_logits(model, self.eval_loaders["val"], ctx.device, self.cfg.train.amp, ctx)
+        logits, labels = predict_logits(
+            model, self.eval_loaders["val"], ctx.device, self.cfg.train.amp, ctx, normalise=self.normalise
+        )
         loss = (
             float(
                 nn.functional.binary_cross_entropy_with_logits(
@@ -321,8 +379,8 @@ def _finish(task: ClassificationTask, result: TrainResult, *, model: nn.Module, 
             head.bias -= math.log(pos_weight)
     model.to("cpu").eval()
     cpu = torch.device("cpu")
-    val_logits, val_labels = predict_logits(model, loaders["val"], cpu)
-    test_logits, test_labels = predict_logits(model, loaders["test"], cpu)
+    val_logits, val_labels = predict_logits(model, loaders["val"], cpu, normalise=task.normalise)
+    test_logits, test_labels = predict_logits(model, loaders["test"], cpu, normalise=task.normalise)
     test_items = splits["test"]
     groups = {
         "sex": [it.get("sex") or "unknown" for it in test_items],
