@@ -15,10 +15,15 @@ Merging (written here because neither MONAI nor torchvision links 2D detections 
    ``nms_iou``), and the ``max_boxes`` best are kept.
 
 The volume score (tumour presence, for triage) is the highest box score, 0 without boxes.
+
+Precision: with ``amp`` ``auto`` or ``bf16`` the network runs under bf16 autocast on CUDA (the classifier's rule,
+:func:`autocast_for`); the boxes and scores stay float32 (:mod:`medvision.models.detector`). On the CPU it
+always runs in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -40,6 +45,7 @@ __all__ = [
     "MERGE_DEFAULTS",
     "DetectorBundle",
     "VolumePrediction",
+    "autocast_for",
     "detect_slices",
     "detect_volume",
     "load_detector",
@@ -52,6 +58,17 @@ log = logging.getLogger(__name__)
 
 #: Settings of :func:`merge_slices` (recorded with the registered model).
 MERGE_DEFAULTS: dict[str, Any] = {"link_iou": 0.3, "max_gap": 1, "top_k": 3, "nms_iou": 0.3, "max_boxes": 10}
+
+
+def autocast_for(device: torch.device | str, amp: str = "off") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA with ``amp`` ``auto`` or ``bf16``; nothing otherwise (on the CPU always nothing).
+
+    The classifier's rule (``medvision.engine.classification._autocast``, which takes a ``DistContext``); the
+    detector's training step and its inference both use this one.
+    """
+    if torch.device(device).type == "cuda" and amp in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _iou_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,10 +158,12 @@ def detect_slices(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     slices: Sequence[int] | None = None,
+    amp: str = "off",
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Run the 2.5D detector on the axial slices of a preprocessed volume ``(C, X, Y, Z)`` (C sequences).
 
-    Constant slices (background) are skipped unless ``slices`` names them.
+    Constant slices (background) are skipped unless ``slices`` names them. ``amp``: ``auto`` or ``bf16`` run
+    the network under bf16 autocast on CUDA (:func:`autocast_for`); ``off`` (default) or the CPU: float32.
     """
     ks = np.asarray(foreground_slices(image) if slices is None else slices, dtype=np.int64)
     out: list[tuple[int, np.ndarray, np.ndarray]] = []
@@ -154,7 +173,9 @@ def detect_slices(
         for start in range(0, len(ks), batch_size):
             chunk = ks[start : start + batch_size]
             stacks = slice_stacks(image, chunk.tolist(), model.context).to(device)
-            for k, found in zip(chunk, model.detect(stacks), strict=True):
+            with autocast_for(device, amp):
+                found_slices = model.detect(stacks)
+            for k, found in zip(chunk, found_slices, strict=True):
                 out.append((int(k), found["boxes"].float().cpu().numpy(), found["scores"].float().cpu().numpy()))
     finally:
         model.train(was_training)
@@ -168,9 +189,11 @@ def detect_volume(
     merge: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
+    amp: str = "off",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """3D boxes (voxel ``[min, max)`` of ``image``'s grid), scores and key slices of one preprocessed volume."""
-    per_slice = detect_slices(model, image, batch_size=batch_size, device=device)
+    """3D boxes (voxel ``[min, max)`` of ``image``'s grid), scores and key slices of one preprocessed volume
+    (``amp``: as for :func:`detect_slices`)."""
+    per_slice = detect_slices(model, image, batch_size=batch_size, device=device, amp=amp)
     return merge_slices(per_slice, **{**MERGE_DEFAULTS, **dict(merge or {})})
 
 

@@ -31,8 +31,7 @@ import torch
 import medvision
 from medvision.config import ExperimentConfig
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
-from medvision.engine.classification import _autocast  # one precision rule for both tasks
-from medvision.engine.detect import MERGE_DEFAULTS, detect_volume, load_detector, predict_volume
+from medvision.engine.detect import MERGE_DEFAULTS, autocast_for, detect_volume, load_detector, predict_volume
 from medvision.engine.distributed import DistContext
 from medvision.engine.loop import RunPaths, TrainResult, fit, hash_salt, progress_bar, resolve_weights
 from medvision.engine.provenance import git_state
@@ -112,11 +111,11 @@ def _slice_shape(volumes: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def _predict_split(
-    model: Any, volumes: list[dict[str, Any]], device: torch.device, merge: Mapping[str, Any]
+    model: Any, volumes: list[dict[str, Any]], device: torch.device, merge: Mapping[str, Any], amp: str = "off"
 ) -> list[dict[str, Any]]:
     out = []
     for v in volumes:
-        boxes, scores, keys = detect_volume(model, v["_image"], merge=merge, device=device)
+        boxes, scores, keys = detect_volume(model, v["_image"], merge=merge, device=device, amp=amp)
         out.append({"pred_boxes": boxes, "pred_scores": scores, "true_boxes": v["_boxes"].numpy(), "key_slices": keys})
     return out
 
@@ -152,12 +151,14 @@ def _batch(
 def detector_losses(
     net: torch.nn.Module, images: Any, targets: Any, cast: contextlib.AbstractContextManager
 ) -> dict[str, torch.Tensor]:
-    """torchvision's RetinaNet losses of one batch, the network run under ``cast`` (bf16 autocast on CUDA with
-    ``train.amp`` auto or bf16, :func:`~medvision.engine.classification._autocast`; nothing on the CPU), each loss
-    returned in float32 for the sum, the finiteness check and the backward pass. Under autocast torch computes
-    the focal loss's ``binary_cross_entropy_with_logits`` and the box ``l1_loss`` in float32 already; the
-    anchors, matcher and box coder run on float32 boxes (``tests/engine/test_detection_amp.py`` compares with
-    float32)."""
+    """torchvision's RetinaNet losses of one batch, the network run under ``cast``.
+
+    ``cast``: :func:`~medvision.engine.detect.autocast_for` (bf16 autocast on CUDA with ``train.amp`` auto or
+    bf16; nothing on the CPU). Only the convolutions run in bf16: the detector's head returns float32 and its
+    anchors are float32 (:mod:`medvision.models.detector`), so the matcher, the box coder and the focal and
+    GIoU losses compute in float32; each loss is returned in float32 for the sum, the finiteness check and the
+    backward pass (``tests/engine/test_detection_amp.py`` compares bf16 with float32).
+    """
     with cast:
         parts = net.loss(images, targets)
     return {name: value.float() for name, value in parts.items()}
@@ -169,7 +170,8 @@ class DetectionTask:
     name: ClassVar[str] = "detection"
     metrics: ClassVar[Mapping[str, Literal["max", "min"]]] = {"val_cpm": "max"}
     distributed: ClassVar[bool] = False  # the volumes are few and the slice loop is cheap to restart
-    #: On CUDA the detector trains in channels_last, as the classifier does (torchvision's RetinaNet is 2-D).
+    #: On CUDA the detector trains in channels_last, as the classifier does (torchvision's RetinaNet is 2-D):
+    #: :meth:`build_model` also converts the batched input (:meth:`SliceDetector.to_channels_last`).
     channels_last: ClassVar[bool] = True
 
     def __init__(self, cfg: ExperimentConfig) -> None:
@@ -248,7 +250,7 @@ class DetectionTask:
             mean = [float(np.mean(spec.mean))] * n
             std = [float(np.mean(spec.std))] * n
         self.device = ctx.device
-        return create_detector(
+        model = create_detector(
             cfg.model.backbone,
             weights=resolve_weights(cfg.model.weights),
             allow_random_fallback=cfg.model.allow_random_fallback,
@@ -262,6 +264,9 @@ class DetectionTask:
             image_mean=mean,
             image_std=std,
         )
+        if ctx.device.type == "cuda" and self.channels_last:  # the loop converts the weights; this also the input
+            model.to_channels_last()
+        return model
 
     def parameters(self, net: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
         return [p for p in net.parameters() if p.requires_grad]
@@ -308,7 +313,7 @@ class DetectionTask:
         images, targets = _batch(
             self.vols, batch, net.context, ctx.device, crop=self.cfg.data.volume.train_crop, rng=self.rng
         )
-        parts = detector_losses(net, images, targets, _autocast(ctx, self.cfg.train.amp))
+        parts = detector_losses(net, images, targets, autocast_for(ctx.device, self.cfg.train.amp))
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             return {"loss": float("nan")}
@@ -326,7 +331,7 @@ class DetectionTask:
         return {"train_slices": float(self.n_samples)}, f"{self.n_samples} slices"
 
     def validate(self, model: torch.nn.Module, ctx: DistContext) -> dict[str, float]:
-        self._val_preds = _predict_split(model, self.prepared["val"], ctx.device, self.merge)
+        self._val_preds = _predict_split(model, self.prepared["val"], ctx.device, self.merge, self.cfg.train.amp)
         return {"val_cpm": _val_cpm(self._val_preds, self.cfg.evaluate.iou_threshold)}
 
     def remember_best(self) -> None:
@@ -477,6 +482,8 @@ def _finish(task: DetectionTask, result: TrainResult, *, model: Any, tracker: An
     summary, digest, slice_shape = task.summary, result.dataset_digest, task.slice_shape
     val_preds = task.best_val_preds
     model.to("cpu").eval()
+    if getattr(model, "channels_last", False):  # trained on CUDA in channels_last: the CPU evaluates in NCHW
+        model.to_channels_last(False)
     cpu = torch.device("cpu")
     if val_preds is None:  # resumed run: the best epoch's validation predictions are not in memory
         val_preds = _predict_split(model, prepared["val"], cpu, merge)

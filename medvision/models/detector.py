@@ -26,6 +26,18 @@ which is what lesions of a few voxels need (on the demo MRI, 8-10 mm tumours at 
 against 0.76 for P3-P6 at the same training time; anchors from 4 px on the 8-px grid of P3 were worse). The
 pyramid has 128 channels by default, not torchvision's 256 (the head's eight 3x3 convolutions dominate the
 cost); 64 with P2, where the head runs on four times as many positions.
+
+Precision and memory format (CUDA). Training and inference may run the network under bf16 autocast
+(:mod:`medvision.engine.detection`): the ResNet, the pyramid and the head's convolutions then compute in bf16,
+and everything after them stays in float32. The head's outputs are returned in float32
+(:class:`Float32RetinaNetHead`; in bf16 the decoded boxes would lie on a grid of 0.5 pixel beyond 64) and the
+anchors are always float32 (:class:`Float32AnchorGenerator`; torchvision makes them bf16 like the feature maps,
+which puts anchor corners beyond 256 pixels, in a 512-pixel CT slice, on a 2-pixel grid). The anchor matching,
+the box coder, the focal and GIoU losses and the post-processing (decoding, NMS) thus run in float32 whatever
+the autocast. :meth:`SliceDetector.to_channels_last` puts the weights and the batched input in
+``channels_last`` (NHWC) for the tensor cores; torchvision batches the images itself, so the input is converted
+after batching (:class:`ConstantScaleTransform`). On the CPU neither is used, and these classes compute exactly
+what torchvision's do.
 """
 
 from __future__ import annotations
@@ -46,7 +58,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from medvision.errors import ConfigError
 from medvision.models.registry import get_spec
 
-__all__ = ["DETECTOR_CLASS", "ConstantScaleTransform", "SliceDetector", "create_detector"]
+__all__ = [
+    "DETECTOR_CLASS",
+    "ConstantScaleTransform",
+    "Float32AnchorGenerator",
+    "Float32RetinaNetHead",
+    "SliceDetector",
+    "create_detector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +133,21 @@ class SliceDetector(nn.Module):
             out[i, :n, 5] = f["labels"][:n].float()
         return out
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the batched input is put in ``channels_last`` memory format (:meth:`to_channels_last`)."""
+        return bool(getattr(self.retinanet.transform, "channels_last", False))
+
+    def to_channels_last(self, enabled: bool = True) -> SliceDetector:
+        """Weights and batched input in ``channels_last`` (NHWC) memory format, or back to the default.
+
+        For CUDA (tensor cores); the result is the same up to rounding. Returns ``self``.
+        """
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        if isinstance(self.retinanet.transform, ConstantScaleTransform):
+            self.retinanet.transform.channels_last = bool(enabled)
+        return self
+
     def freeze_backbone(self, freeze: bool = True) -> None:
         """Freeze (or unfreeze) the ResNet body; the pyramid and the head keep training."""
         for param in self.retinanet.backbone.body.parameters():
@@ -132,6 +166,14 @@ class ConstantScaleTransform(GeneralizedRCNNTransform):
     def __init__(self, scale: float, image_mean: list[float], image_std: list[float]) -> None:
         super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std, size_divisible=32)
         self.scale = float(scale)
+        #: Put the batch in ``channels_last`` memory format (:meth:`SliceDetector.to_channels_last`).
+        self.channels_last = False
+
+    def batch_images(self, images: list[Tensor], size_divisible: int = 32) -> Tensor:
+        batched = super().batch_images(images, size_divisible)
+        if self.channels_last:
+            batched = batched.contiguous(memory_format=torch.channels_last)
+        return batched
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, Any]:
         if self.scale == 1.0:
@@ -145,6 +187,26 @@ class ConstantScaleTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's anchor generator with float32 anchors whatever the feature maps' dtype (bf16 under autocast).
+
+    torchvision takes the anchors' dtype from the feature maps and converts its cell anchors to it; under bf16
+    autocast the anchor corners would lie on a grid of 2 pixels beyond 256, and the box coder, the matcher and
+    the losses would work on them. In float32 the result is torchvision's, bit for bit.
+    """
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        super().set_cell_anchors(torch.float32, device)
+
+
+class Float32RetinaNetHead(RetinaNetHead):
+    """torchvision's RetinaNet head whose outputs are float32 (its convolutions may run in bf16 under autocast),
+    so that the losses and the post-processing are computed in float32. Same parameters as ``RetinaNetHead``."""
+
+    def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
+        return {name: value.float() for name, value in super().forward(x).items()}
+
+
 def _anchor_generator(sizes: Sequence[float], min_level: int = 3) -> AnchorGenerator:
     if len(sizes) != _LEVELS or any(float(s) <= 0 for s in sizes):
         levels = ", ".join(f"P{min_level + i}" for i in range(_LEVELS))
@@ -155,7 +217,7 @@ def _anchor_generator(sizes: Sequence[float], min_level: int = 3) -> AnchorGener
         )
     # Three scales per octave, as RetinaNet's paper and torchvision's default.
     per_level = tuple(tuple(int(round(float(s) * 2 ** (i / 3))) for i in range(3)) for s in sizes)
-    return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * _LEVELS)
+    return Float32AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * _LEVELS)
 
 
 def create_detector(
@@ -245,7 +307,7 @@ def create_detector(
     anchors = _anchor_generator(anchor_sizes, int(min_level))
     # torchvision's RetinaNet v2 recipe: GroupNorm in the head and a GIoU box loss (faster, steadier training
     # from few images than the v1 head without normalisation).
-    head = RetinaNetHead(
+    head = Float32RetinaNetHead(
         int(fpn_channels),
         anchors.num_anchors_per_location()[0],
         1,
