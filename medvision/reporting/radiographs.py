@@ -153,6 +153,9 @@ class _Writer:
 
             # fork: the child has the imported modules already (spawn would import torch and highdicom again).
             self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+            # The fork happens at the first job: now, before the loader thread starts, so that no lock of a
+            # thread busy decoding is copied into the child held.
+            self.pool.submit(int).result()
 
     def submit(self, job: _StudyFiles) -> Any:
         from concurrent.futures import Future
