@@ -158,16 +158,12 @@ class _Writer:
             self.pool.submit(int).result()
 
     def submit(self, job: _StudyFiles) -> Any:
-        from concurrent.futures import Future
-
         if self.pool is not None:
             try:
                 return self.pool.submit(_write_study_files, job)
             except RuntimeError:  # the pool broke (its process died): from now on, inline
                 self.pool = None
-        done: Future = Future()
-        done.set_result(_write_study_files(job))
-        return done
+        return _run_now(_write_study_files, job)
 
     def result(self, future: Any, job: _StudyFiles) -> _Written:
         from concurrent.futures.process import BrokenProcessPool
@@ -314,18 +310,23 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
             explainer.close()
 
 
+def _run_now(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` run now, as a finished ``Future`` (its exception raised again by ``result()``, as from a pool)."""
+    from concurrent.futures import Future
+
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as exc:  # noqa: BLE001 - raised again by result()
+        done.set_exception(exc)
+    return done
+
+
 class _Inline:
     """``submit`` runs now (the loader without its thread: ``LOADER_THREAD = False``, for the benchmark)."""
 
     def submit(self, fn: Any, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        done: Future = Future()
-        try:
-            done.set_result(fn(*args))
-        except Exception as exc:  # noqa: BLE001 - raised again by result(), as from a thread
-            done.set_exception(exc)
-        return done
+        return _run_now(fn, *args)
 
     def shutdown(self, **_: Any) -> None:
         pass
@@ -427,7 +428,7 @@ def _classification_row(
         for n, _, _, _ in sorted(results):
             raw[n] = read_dataset(study.paths[n - 1], stop_before_pixels=True)
         # De-identified here, once for the SR and the secondary capture (the de-identifier's state stays here).
-        deid = {n: run.deid.dataset(h) for n, h in raw.items()} if run.deid is not None else raw
+        deid = {n: run.deidentified(h) for n, h in raw.items()}
         sr_headers = [deid[n] for n, _, _, _ in sorted(results)]
         sr_findings = [(deid[n], p, f) for n, p, f, _ in sorted(results)]
     except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
@@ -445,14 +446,14 @@ def _classification_row(
             try:
                 header = raw.get(n) or read_dataset(study.paths[n - 1], stop_before_pixels=True)
                 sc_orientation[n] = header.get("PatientOrientation")
-                sc_headers[n] = deid[n] if n in deid else (run.deid.dataset(header) if run.deid is not None else header)
+                sc_headers[n] = deid[n] if n in deid else run.deidentified(header)
             except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
                 sc_errors[n] = f"no DICOM secondary capture ({type(exc).__name__}: {exc})"
     what = "radiograph (left) and Grad-CAM heat map (right)" if has_cam else "radiograph"
     job = _StudyFiles(
         tmp=run.tmp, root=run.root, key=key, study=study, row=dict(row), pictures=pictured, results=list(results),
         sr_headers=sr_headers, sr_findings=sr_findings, sr_error=sr_error, sc_headers=sc_headers,
-        sc_orientation=sc_orientation, sc_errors=sc_errors, stamp=run.deid.options if run.deid is not None else None,
+        sc_orientation=sc_orientation, sc_errors=sc_errors, stamp=run.stamp,
         shareable=run.withheld(study) is None, secondary_capture=run.secondary_capture, sc_what=what,
     )  # fmt: skip
     return _Finish(run, study, model, row, notes, list(failures), has_cam, threshold, job)

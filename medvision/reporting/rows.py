@@ -157,6 +157,15 @@ class _Run:
     def key_for(self, study: Study) -> str:
         return self.deid.key(study.key) if self.deid is not None else study.key
 
+    def deidentified(self, header: Any) -> Any:
+        """A DICOM header as this report writes it: de-identified under ``--deidentify``, else as read."""
+        return self.deid.dataset(header) if self.deid is not None else header
+
+    @property
+    def stamp(self) -> Any:
+        """The :class:`~medvision.reporting.deid.DeidOptions` stamped on the SR and SC (``None``: not de-identified)."""
+        return self.deid.options if self.deid is not None else None
+
     def withheld(self, study: Study) -> str | None:
         """Why a de-identified report withholds the study's pictures (``None``: it does not).
 
@@ -222,26 +231,6 @@ def _rel(path: Path, root: Path) -> str:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _write_sr(
-    run: _Run,
-    key: str,
-    headers: list[Any],
-    kind: str,
-    row: Mapping[str, Any],
-    *,
-    findings: list[tuple[Any, float, bool]] | None = None,
-    boxes: list[dict[str, Any]] | None = None,
-    shareable: bool = True,
-) -> str:
-    if run.deid is not None:
-        by_uid = {str(h.SOPInstanceUID): run.deid.dataset(h) for h in headers}
-        headers = [by_uid[str(h.SOPInstanceUID)] for h in headers]
-        if findings is not None:
-            findings = [(by_uid[str(h.SOPInstanceUID)], p, f) for h, p, f in findings]
-    stamp = run.deid.options if run.deid is not None else None
-    return _sr_file(run.tmp, key, headers, kind, row, findings=findings, boxes=boxes, stamp=stamp, shareable=shareable)
-
-
 def _sr_file(
     tmp: Path,
     key: str,
@@ -254,7 +243,8 @@ def _sr_file(
     stamp: Any = None,
     shareable: bool = True,
 ) -> str:
-    """Build and write a study's SR from headers already de-identified when the report is; ``stamp``: the
+    """Build and write a study's SR from headers already de-identified when the report is (:meth:`_Run.deidentified`,
+    in the report's process, where the de-identifier's state is); ``stamp``: the
     :class:`~medvision.reporting.deid.DeidOptions` to record on it (``None``: not de-identified). Uses no
     state of the run, so the report's writer process runs it (:mod:`medvision.reporting.radiographs`)."""
     from medvision.reporting.deid import stamp as stamp_deid
@@ -279,23 +269,12 @@ def _sr_file(
     return rel
 
 
-def _write_sc(
-    run: _Run, key: str, header: Any, picture: str, orientation: Any, what: str, row: Mapping[str, Any]
-) -> str:
-    """The study's key picture as a DICOM Secondary Capture (:mod:`medvision.reporting.sc`), pseudonymised
-    with the rest of the report under ``--deidentify``."""
-    if run.deid is not None:
-        header = run.deid.dataset(header)
-    stamp = run.deid.options if run.deid is not None else None
-    return _sc_file(run.tmp, key, header, picture, orientation, what, row, stamp=stamp)
-
-
 def _sc_file(
     tmp: Path, key: str, header: Any, picture: str, orientation: Any, what: str, row: Mapping[str, Any],
     *, stamp: Any = None,
 ) -> str:  # fmt: skip
-    """Build and write the Secondary Capture from a header already de-identified when the report is (no
-    state of the run: see :func:`_sr_file`)."""
+    """Build and write the study's key picture as a DICOM Secondary Capture (:mod:`medvision.reporting.sc`) from a
+    header already de-identified when the report is (no state of the run: see :func:`_sr_file`)."""
     from medvision.reporting.deid import stamp as stamp_deid
     from medvision.reporting.sc import key_picture_sc, write_sc
 

@@ -18,7 +18,7 @@ from typing import Any
 from medvision.reporting.cache import _remember
 from medvision.reporting.discover import Study
 from medvision.reporting.models import _Model
-from medvision.reporting.rows import _base_row, _failed, _priority, _reason, _Run, _write_sc, _write_sr
+from medvision.reporting.rows import _base_row, _failed, _priority, _reason, _Run, _sc_file, _sr_file
 
 #: Key slices written per volume (the slices of the highest-scoring boxes).
 MAX_KEY_SLICES = 3
@@ -189,19 +189,24 @@ def _detect(run: _Run, study: Study, model: _Model) -> None:
         notes.append(_NO_SR_NIFTI)
     else:
         headers: list[Any] = []  # read once, for the SR and the secondary capture
+        evidence: list[Any] = []  # as written: de-identified under --deidentify
         try:
             headers.extend(read_dataset(p, stop_before_pixels=True) for p in study.paths)
-            row["sr_path"] = _write_sr(run, key, headers, "detection", row, boxes=boxes, shareable=withheld is None)
+            evidence.extend(run.deidentified(h) for h in headers)
+            row["sr_path"] = _sr_file(run.tmp, key, evidence, "detection", row, boxes=boxes, stamp=run.stamp,
+                                      shareable=withheld is None)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the finding stands without its SR
             notes.append(f"no DICOM SR ({type(exc).__name__}: {exc})")
         if run.secondary_capture and row.get("images"):
             from medvision.reporting.sc import KEY_SLICE_ORIENTATION
 
             try:
-                header = headers[0] if headers else read_dataset(study.paths[0], stop_before_pixels=True)
+                header = evidence[0] if evidence else run.deidentified(
+                    headers[0] if headers else read_dataset(study.paths[0], stop_before_pixels=True))  # fmt: skip
                 picture = str(row["images"][0]["path"])
                 what = "axial key slice in radiological view with the detector's boxes and scores"
-                row["secondary_capture_path"] = _write_sc(run, key, header, picture, KEY_SLICE_ORIENTATION, what, row)
+                row["secondary_capture_path"] = _sc_file(run.tmp, key, header, picture, KEY_SLICE_ORIENTATION, what,
+                                                         row, stamp=run.stamp)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - the finding stands without its secondary capture
                 notes.append(f"no DICOM secondary capture ({type(exc).__name__}: {exc})")
     if notes:
