@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 import medvision
 from medvision.config import ExperimentConfig
-from medvision.engine.distributed import DistContext
+from medvision.engine.distributed import DistContext, autocast_for
 from medvision.engine.loop import (
     RunPaths,
     TrainingError,
@@ -55,12 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("medvision.train")
-
-
-def _autocast(ctx: DistContext, amp: str) -> contextlib.AbstractContextManager:
-    if ctx.device.type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _model_input(batch: dict[str, Any], device: torch.device, normalise: tuple[float, float] | None) -> torch.Tensor:
@@ -100,7 +94,7 @@ def predict_logits(
     """
     model.eval()
     logits, labels = [], []
-    cast = _autocast(ctx, amp) if ctx is not None else contextlib.nullcontext()
+    cast = autocast_for(ctx.device, amp) if ctx is not None else contextlib.nullcontext()
     for batch in loader:
         images = _model_input(batch, device, normalise)
         if device.type == "cuda":
@@ -142,7 +136,7 @@ def _train_step(
         images = images.contiguous(memory_format=torch.channels_last)
     target = torch.as_tensor(batch["label"], dtype=torch.float32, device=ctx.device).reshape(-1, 1)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(ctx, amp):
+    with autocast_for(ctx.device, amp):
         logits = model(images)
     loss = loss_fn(logits.float(), target)
     if not torch.isfinite(loss):
@@ -211,25 +205,13 @@ class ClassificationTask:
         per_sample = cfg.data.augment.where == "sample"
         # Batched augmentation on the device keeps the loader deterministic: train shares the eval cache.
         # The cache holds uint16 fixed-point images of [0, 1]; the steps normalise batches on the device.
-        self.tf_train = classification_transforms(
-            image_size=cfg.data.image_size,
-            keep_aspect=cfg.data.keep_aspect,
-            mean=self.mean,
-            std=self.std,
-            train=per_sample,
-            augment=aug_settings,
-            normalise_on_device=True,
-        )
+        # Both chains load the same way and leave normalisation to the device; only the augmentation differs.
+        common = {"image_size": cfg.data.image_size, "keep_aspect": cfg.data.keep_aspect, "mean": self.mean,
+                  "std": self.std, "normalise_on_device": True}  # fmt: skip
+        self.tf_train = classification_transforms(**common, train=per_sample, augment=aug_settings)
         self.normalise = (self.mean, self.std)
         self.batch_augment = None if per_sample else BatchAugment(aug_settings, std=self.std)
-        tf_eval = classification_transforms(
-            image_size=cfg.data.image_size,
-            keep_aspect=cfg.data.keep_aspect,
-            mean=self.mean,
-            std=self.std,
-            train=False,
-            normalise_on_device=True,
-        )
+        tf_eval = classification_transforms(**common, train=False)
         slim = {
             name: [{"image": it["image"], "label": int(it["label"])} for it in part]
             for name, part in self.splits.items()
