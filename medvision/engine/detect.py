@@ -23,7 +23,6 @@ always runs in float32.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -38,6 +37,7 @@ from torch import Tensor
 
 from medvision.constants import BOX_LABELS, BOXES, IMAGE
 from medvision.data.slices import foreground_slices, slice_stacks
+from medvision.engine.distributed import autocast_for
 from medvision.errors import InputError
 from medvision.models.contract import DetectorMetadata, parse_metadata
 
@@ -58,17 +58,6 @@ log = logging.getLogger(__name__)
 
 #: Settings of :func:`merge_slices` (recorded with the registered model).
 MERGE_DEFAULTS: dict[str, Any] = {"link_iou": 0.3, "max_gap": 1, "top_k": 3, "nms_iou": 0.3, "max_boxes": 10}
-
-
-def autocast_for(device: torch.device | str, amp: str = "off") -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA with ``amp`` ``auto`` or ``bf16``; nothing otherwise (on the CPU always nothing).
-
-    The classifier's rule (``medvision.engine.classification._autocast``, which takes a ``DistContext``); the
-    detector's training step and its inference both use this one.
-    """
-    if torch.device(device).type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _iou_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,15 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def autocast_for(device: torch.device | str, amp: str = "off") -> contextlib.AbstractContextManager:
+    """The training precision rule of both tasks: bf16 autocast on CUDA with ``amp`` ``auto`` or ``bf16``; nothing
+    otherwise (on the CPU always nothing). The classifier's and the detector's steps, and the detector's inference,
+    use this one."""
+    if torch.device(device).type == "cuda" and amp in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:

@@ -152,11 +152,13 @@ def test_bf16_inference_gives_float32_boxes_close_to_float32(monkeypatch: pytest
     ("cuda", "bf16", True), ("cuda", "off", False),
 ])  # fmt: skip
 def test_the_detector_uses_the_classifiers_precision_rule(device: str, amp: str, enabled: bool) -> None:
-    from medvision.engine.classification import _autocast
+    import medvision.engine.classification as classification
+    import medvision.engine.distributed as distributed
 
+    # One rule: both tasks call the same function.
+    assert classification.autocast_for is distributed.autocast_for is autocast_for
     cast = autocast_for(device, amp)
     assert isinstance(cast, torch.autocast) is enabled
-    assert isinstance(_autocast(types.SimpleNamespace(device=torch.device(device)), amp), torch.autocast) is enabled
     if enabled:
         assert cast.fast_dtype == torch.bfloat16
 
