@@ -137,47 +137,90 @@ LOADER_THREAD = True
 #: (forking costs more than it saves for one or two studies, e.g. ``medvision listen``'s single study).
 WRITER_MIN_STUDIES = 4
 
+#: At most this many writer processes. The second takes studies only while the first has
+#: :data:`WRITER_BACKLOG` or more waiting: when the network is faster than the writing (ResNet-18 at 128 px), not
+#: when a slower network leaves the first keeping up (DenseNet-121), where a second would take a core from it
+#: (``benchmarks/bench_report.py --ablation``).
+WRITER_PROCESSES = 2
+WRITER_BACKLOG = 8
+
 
 class _Writer:
-    """Each study's files (overlay pictures, SR, secondary capture) written by one forked process while the next
+    """Each study's files (overlay pictures, SR, secondary capture) written by forked processes while the next
     batch goes through the network: they are Python (highdicom, pydicom, Pillow) and hold the GIL, so a thread
-    would not overlap them with this process (measured: ``benchmarks/bench_report.py``). One worker keeps the
-    studies in order. A study whose job cannot reach the process (it died) is written inline, never lost.
+    would not overlap them with this process (measured: ``benchmarks/bench_report.py``). The rows are added in
+    the order studies were submitted (the caller's queue), whichever process wrote them. A study whose process
+    died is written again inline, never lost; a dead process takes no more studies.
     """
 
-    def __init__(self, parallel: bool) -> None:
-        self.pool: Any = None
-        if parallel:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+    def __init__(self, studies: int) -> None:
+        self.pools: list[Any] = []  # None where a process died
+        self.waiting: list[set[Any]] = []  # each process's studies not yet written
+        self.origin: dict[Any, int] = {}
+        if studies < WRITER_MIN_STUDIES:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
+        # A second only when it could get studies: more of them than the first may have waiting.
+        count = max(1, min(WRITER_PROCESSES, 2 if studies > WRITER_BACKLOG else 1))
+        for _ in range(count):
             # fork: the child has the imported modules already (spawn would import torch and highdicom again).
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
             # The fork happens at the first job: now, before the loader thread starts, so that no lock of a
             # thread busy decoding is copied into the child held.
-            self.pool.submit(int).result()
+            pool.submit(int).result()
+            self.pools.append(pool)
+            self.waiting.append(set())
+
+    @property
+    def parallel(self) -> bool:
+        return any(pool is not None for pool in self.pools)
+
+    def _pick(self) -> int | None:
+        live = [i for i, pool in enumerate(self.pools) if pool is not None]
+        for i in live:
+            self.waiting[i] = {f for f in self.waiting[i] if not f.done()}
+        if not live:
+            return None
+        first = live[0]
+        if len(self.waiting[first]) < WRITER_BACKLOG:
+            return first
+        return min(live, key=lambda i: len(self.waiting[i]))
 
     def submit(self, job: _StudyFiles) -> Any:
-        if self.pool is not None:
+        while (i := self._pick()) is not None:
             try:
-                return self.pool.submit(_write_study_files, job)
-            except RuntimeError:  # the pool broke (its process died): from now on, inline
-                self.pool = None
+                future = self.pools[i].submit(_write_study_files, job)
+            except RuntimeError:  # the pool broke (its process died): it takes no more studies
+                self._drop(i)
+                continue
+            self.waiting[i].add(future)
+            self.origin[future] = i
+            return future
         return _run_now(_write_study_files, job)
+
+    def _drop(self, i: int) -> None:
+        pool, self.pools[i] = self.pools[i], None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def result(self, future: Any, job: _StudyFiles) -> _Written:
         from concurrent.futures.process import BrokenProcessPool
 
+        i = self.origin.pop(future, None)
         try:
             return future.result()
         except BrokenProcessPool:
-            self.pool = None
+            if i is not None:
+                self._drop(i)
             return _write_study_files(job)  # the files it may have half written are overwritten whole
 
     def close(self, *, cancel: bool = False) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=cancel)
-            self.pool = None
+        for i, pool in enumerate(self.pools):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=cancel)
+                self.pools[i] = None
 
 
 def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
@@ -201,7 +244,7 @@ def _classify(run: _Run, studies: list[Study], model: _Model, bar: Any) -> None:
     pictures: dict[str, list[_Picture]] = {s.key: [] for s in studies}
     remaining = {s.key: len(s.paths) for s in studies}
     items = [_Image(s, n, p) for s in studies for n, p in enumerate(s.paths, 1)]
-    writer = _Writer(parallel=len(studies) >= WRITER_MIN_STUDIES)
+    writer = _Writer(len(studies))
     pending: deque[tuple[Any, _Finish]] = deque()  # studies whose files are being written, in order
 
     def finish(block: bool) -> None:

@@ -1,6 +1,6 @@
-"""The report's writer process (issue 15): each study's overlays, SR and secondary capture are written by one
-forked process while the next batch goes through the network. It must change nothing that is written, and a
-writer that dies must lose no study."""
+"""The report's writer processes (issue 15): each study's overlays, SR and secondary capture are written by
+forked processes (one, and a second when the first falls behind) while the next batch goes through the network.
+They must change nothing that is written, and a writer that dies must lose no study."""
 
 from __future__ import annotations
 
@@ -65,24 +65,46 @@ def test_the_writer_process_writes_what_the_report_writes_inline(
     forks = []
     real = radiographs._Writer.__init__
 
-    def counting(self, parallel: bool) -> None:
-        real(self, parallel)
-        forks.append(self.pool is not None)
+    def counting(self, studies: int) -> None:
+        real(self, studies)
+        forks.append(len(self.pools))
 
     monkeypatch.setattr(radiographs._Writer, "__init__", counting)
-    monkeypatch.setattr(radiographs, "WRITER_MIN_STUDIES", 1)  # the writer process
+    monkeypatch.setattr(radiographs, "WRITER_MIN_STUDIES", 1)  # one writer process (3 studies: no backlog of 8)
     _report(root, tmp_path / "forked", registered_classifier)
-    assert forks == [True]
+    # Two writer processes, the second taking a study whenever the first has one waiting. Each study takes 0.3 s
+    # more in a writer, so that the first has one waiting when the next comes: the studies are spread over both.
+    _WHO[:] = [tmp_path / "who"]
+    _WHO[0].mkdir()
+    monkeypatch.setattr(radiographs, "WRITER_BACKLOG", 1)
+    monkeypatch.setattr(radiographs, "_write_study_files", _slow_in_a_writer)
+    _report(root, tmp_path / "two", registered_classifier)
+    assert forks == [1, 2]
 
     inline = json.loads((tmp_path / "inline" / "results.json").read_text())["rows"]
-    forked = json.loads((tmp_path / "forked" / "results.json").read_text())["rows"]
-    assert forked == inline
-    written = [r for r in forked if r.get("task") == "classification" and r.get("sr_path")]
+    written = [r for r in inline if r.get("task") == "classification" and r.get("sr_path")]
     assert len(written) == 3 and all(r.get("secondary_capture_path") and r.get("images") for r in written)
-    a, b = _files(tmp_path / "inline"), _files(tmp_path / "forked")
-    assert sorted(a) == sorted(b) and len([k for k in a if k.startswith("sc/")]) >= 3
-    for name in a:
-        assert a[name] == b[name], name  # the same bytes: SR, SC and pictures
+    a = _files(tmp_path / "inline")
+    assert len([k for k in a if k.startswith("sc/")]) >= 3
+    for folder in ("forked", "two"):
+        assert json.loads((tmp_path / folder / "results.json").read_text())["rows"] == inline, folder
+        b = _files(tmp_path / folder)
+        assert sorted(a) == sorted(b), folder
+        for name in a:
+            assert a[name] == b[name], (folder, name)  # the same bytes: SR, SC and pictures
+    writers = {p.read_text() for p in _WHO[0].iterdir()}
+    assert len(list(_WHO[0].iterdir())) == 3 and len(writers) == 2 and str(os.getpid()) not in writers
+
+
+_WHO: list[Path] = []  # where each study's writer leaves its pid
+
+
+def _slow_in_a_writer(job):  # noqa: ANN001, ANN202 - pickled by name to the writer processes
+    import time
+
+    time.sleep(0.3)
+    (_WHO[0] / job.key).write_text(str(os.getpid()))
+    return _REAL(job)
 
 
 _PARENT: list[int] = []
@@ -97,14 +119,16 @@ def _dies_in_the_child(job):  # noqa: ANN001, ANN202 - pickled by name to the wr
     return _REAL(job)
 
 
+@pytest.mark.parametrize("backlog", [8, 1], ids=["one writer", "two writers"])
 def test_a_writer_process_that_dies_loses_no_study(
-    mixed: MixedFolder, registered_classifier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mixed: MixedFolder, registered_classifier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backlog: int
 ) -> None:
     root = _oriented(mixed, tmp_path)
     _PARENT[:] = [os.getpid()]
     _INLINE.clear()
     monkeypatch.setattr(radiographs, "_write_study_files", _dies_in_the_child)
     monkeypatch.setattr(radiographs, "WRITER_MIN_STUDIES", 1)
+    monkeypatch.setattr(radiographs, "WRITER_BACKLOG", backlog)  # 1: a second process, which dies too
     summary = _report(root, tmp_path / "report", registered_classifier)
     rows = json.loads((tmp_path / "report" / "results.json").read_text())["rows"]
     ok = [r for r in rows if r["status"] == "ok" and r.get("task") == "classification"]
