@@ -24,8 +24,8 @@ reference network of the design notes; timings do not depend on the weights), an
 the report with JPEG pictures.
 
 ``--ablation N`` times the report N more times with each of its overlaps on and off (the loader thread that
-reads the next batch while the network runs, the writer process that writes each study's files meanwhile, and
-the second writer process that takes studies while the first has a backlog).
+reads the next batch while the network runs, the writer process that writes each study's files meanwhile, the
+second writer process that takes studies while the first has a backlog, and Chromium started with the report).
 
 Usage:
     .venv/bin/python benchmarks/bench_report.py --studies 64 --threads 2
@@ -228,29 +228,35 @@ def main() -> None:
 
 def _ablation(args: argparse.Namespace, inp: Path, tmp: Path, loaded: object) -> dict[str, list[float]]:
     """The report with the loader thread and the writer processes each on and off, interleaved runs."""
+    import medvision.reporting.printer as printer
     import medvision.reporting.radiographs as radiographs
     from medvision.reporting.batch import ReportConfig, run_report
 
-    modes = {  # (loader thread, fewest studies for a writer process, most writer processes)
-        "neither (one thread, files written inline)": (False, 10**9, 1),
-        "loader thread only": (True, 10**9, 1),
-        "one writer process only": (False, 1, 1),
-        "loader thread, one writer process": (True, 1, 1),
-        "loader thread, up to two writers (shipped)": (True, 1, 2),
+    # (loader thread, fewest studies for a writer process, most writer processes, Chromium started with the report)
+    modes = {
+        "neither (one thread, files written inline)": (False, 10**9, 1, False),
+        "loader thread only": (True, 10**9, 1, False),
+        "one writer process only": (False, 1, 1, False),
+        "loader thread, one writer process": (True, 1, 1, False),
+        "loader thread, up to two writers": (True, 1, 2, False),
+        "all, and Chromium started with the report (shipped)": (True, 1, 2, True),
     }
-    shipped = (radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES, radiographs.WRITER_PROCESSES)
+    shipped = (radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES, radiographs.WRITER_PROCESSES,
+               printer.PRESTART)  # fmt: skip
     seconds: dict[str, list[float]] = {name: [] for name in modes}
     try:
         for repeat in range(args.ablation):
             for k, (name, setting) in enumerate(modes.items()):
-                radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES, radiographs.WRITER_PROCESSES = setting
+                (radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES, radiographs.WRITER_PROCESSES,
+                 printer.PRESTART) = setting  # fmt: skip
                 out = tmp / f"ablation-{repeat}-{k}"
                 config = ReportConfig(input=inp, out=out, device=args.device, batch_size=args.batch_size,
                                       image_format=args.image_format)  # fmt: skip
                 seconds[name].append(run_report(config, classifier=loaded, progress=False)["seconds"])
                 shutil.rmtree(out)
     finally:
-        radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES, radiographs.WRITER_PROCESSES = shipped
+        (radiographs.LOADER_THREAD, radiographs.WRITER_MIN_STUDIES, radiographs.WRITER_PROCESSES,
+         printer.PRESTART) = shipped  # fmt: skip
     return seconds
 
 

@@ -200,6 +200,10 @@ def run_report(
         # Each study's SR and SC go from the temporary folder (complete files) as soon as its row is written.
         deliver=sender,
     )
+    from medvision.reporting.printer import Printer
+
+    # Chromium starts now, while the studies go through the network; report.pdf is printed with it at the end.
+    run.printer = Printer.start()
     try:
         models = (classifier, config.classifier, detector, config.detector, config.tracking_uri)
         summary = _work(run, out, models, progress=progress, title=config.title, started=started, fetch=fetch)
@@ -217,6 +221,7 @@ def run_report(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        run.printer.close()
         if sender is not None:
             sender.close()
     return summary
@@ -336,7 +341,7 @@ def _work(
         **({"not_shareable": summary["not_shareable"]} if run.deid is not None else {}),
         **({"input": summary["input"]} if summary["input"] else {}),
     }
-    render_report(run.rows, run.tmp, title=title, generated_at=generated_at, summary=shown)
+    render_report(run.rows, run.tmp, title=title, generated_at=generated_at, summary=shown, printer=run.printer)
     run.tick("render", start)
     summary["timings"] = {k: round(v, 3) for k, v in run.timings.items()}
     summary["seconds"] = round(time.perf_counter() - started, 2)

@@ -101,6 +101,12 @@ CHROMIUM_ENV = "MEDVISION_CHROMIUM"
 #: Printing is given this long, plus PDF_TIMEOUT_PER_STUDY_S per study, before Chromium is killed.
 PDF_TIMEOUT_S = 60.0
 PDF_TIMEOUT_PER_STUDY_S = 2.0
+#: Headless Chromium as the report prints with it (both ways: here, and pre-started, :mod:`.printer`).
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic", "--mute-audio", "--force-color-profile=srgb",
+)  # fmt: skip
 _CHROMIUM_FIX = "install chromium: apt-get install chromium (or set MEDVISION_CHROMIUM to its path)"
 
 STATUS_OK = "ok"
@@ -643,12 +649,8 @@ def _print_pdf(document: str, pdf: Path, *, timeout_s: float) -> None:
             page = Path(scratch) / "report.html"
             page.write_text(document, encoding="utf-8")
             command = [
-                binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-quic", "--mute-audio",
-                "--force-color-profile=srgb", f"--user-data-dir={Path(scratch) / 'profile'}",
-                "--no-pdf-header-footer", "--generate-pdf-document-outline", f"--print-to-pdf={partial}",
-                page.as_uri(),
+                binary, *CHROMIUM_FLAGS, f"--user-data-dir={Path(scratch) / 'profile'}", "--no-pdf-header-footer",
+                "--generate-pdf-document-outline", f"--print-to-pdf={partial}", page.as_uri(),
             ]  # fmt: skip
             try:
                 # A session of its own, so that a timeout ends Chromium's renderer and zygote processes too.
@@ -701,6 +703,7 @@ def render_report(
     title: str = "medvision batch report",
     generated_at: str | None = None,
     summary: dict | None = None,
+    printer: Any = None,
 ) -> dict[str, Any]:
     """Write the worklist ``index.html``, ``studies/<study_key>.html`` per row and ``report.pdf``.
 
@@ -724,6 +727,8 @@ def render_report(
         summary: counts and facts shown in the summary table (``studies``, ``flagged``, ``failed``,
             ``not_applicable``, ``seconds``, ``input``, ``deidentified``, others as given); the counts
             not given are counted from ``rows``.
+        printer: a :class:`~medvision.reporting.printer.Printer` started earlier (the report's); ``None``:
+            Chromium is started here for the print.
 
     Returns:
         ``{"index": Path, "pdf": Path, "pages": [Path, ...]}``, the study pages in the order of ``rows``
@@ -763,7 +768,8 @@ def render_report(
     pdf = out_dir / "report.pdf"
     pdf_error = None
     try:
-        _print_pdf(_print_document(*parts), pdf, timeout_s=PDF_TIMEOUT_S + PDF_TIMEOUT_PER_STUDY_S * len(studies))
+        print_pdf = printer.print_pdf if printer is not None else _print_pdf
+        print_pdf(_print_document(*parts), pdf, timeout_s=PDF_TIMEOUT_S + PDF_TIMEOUT_PER_STUDY_S * len(studies))
     except PdfError as exc:
         pdf.unlink(missing_ok=True)  # never leave an older PDF that disagrees with the pages
         pdf_error = exc.one_line()

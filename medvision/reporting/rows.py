@@ -153,6 +153,8 @@ class _Run:
     source_prefix: str | None = None
     #: Called with each row as soon as it is written (``--store``): returns the row's ``stored``.
     deliver: Callable[[dict[str, Any]], str] | None = None
+    #: The Chromium that prints report.pdf, started with the run (:class:`~medvision.reporting.printer.Printer`).
+    printer: Any = None
 
     def key_for(self, study: Study) -> str:
         return self.deid.key(study.key) if self.deid is not None else study.key
