@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medvision.reporting.render import CHROMIUM_FLAGS, PdfError, _chromium, _kill_group, _print_pdf
+from medvision.reporting.render import CHROMIUM_FLAGS, PdfError, _chromium, _kill_group, _late, _print_pdf
 
 __all__ = ["Printer"]
 
@@ -73,6 +73,7 @@ class Printer:
         self.process: subprocess.Popen[bytes] | None = None
         self.scratch: tempfile.TemporaryDirectory[str] | None = None
         self.why: str | None = None  # why the browser is not there (then print_pdf prints the one-shot way)
+        self.binary = ""
         self._send_fd = -1
         self._recv_fd = -1
         self._buffer = bytearray()
@@ -95,7 +96,7 @@ class Printer:
         return printer
 
     def _spawn(self) -> None:
-        binary = _chromium()
+        self.binary = binary = _chromium()
         # The profile and the document hold the report's identifiers: a private folder (0700), removed on close.
         self.scratch = tempfile.TemporaryDirectory(prefix="medvision-pdf-")
         to_browser_r, self._send_fd = os.pipe()
@@ -105,8 +106,6 @@ class Printer:
         ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]
         os.close(to_browser_r)
         os.close(from_browser_w)
-        for fd in (self._send_fd, self._recv_fd):
-            os.set_inheritable(fd, False)
         command = [
             "bash", "-c", f'exec "$@" 3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-', "bash",
             binary, *CHROMIUM_FLAGS, f"--user-data-dir={Path(self.scratch.name) / 'profile'}",
@@ -185,8 +184,7 @@ class Printer:
             os.replace(partial, pdf)
         except _Late:
             self.close()
-            raise PdfError(_chromium(), f"did not print the report within {timeout_s:.0f} s",
-                           "check that chromium runs (chromium --headless --version)") from None  # fmt: skip
+            raise _late(self.binary, timeout_s) from None
         except _Gone as exc:
             self.why = str(exc)
             self.close()

@@ -162,9 +162,8 @@ class _Writer:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # A second only when it could get studies: more of them than the first may have waiting.
-        count = max(1, min(WRITER_PROCESSES, 2 if studies > WRITER_BACKLOG else 1))
-        for _ in range(count):
+        # More than one only when they could get studies: more of them than the first may have waiting.
+        for _ in range(WRITER_PROCESSES if studies > WRITER_BACKLOG else 1):
             # fork: the child has the imported modules already (spawn would import torch and highdicom again).
             pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
             # The fork happens at the first job: now, before the loader thread starts, so that no lock of a
@@ -172,10 +171,6 @@ class _Writer:
             pool.submit(int).result()
             self.pools.append(pool)
             self.waiting.append(set())
-
-    @property
-    def parallel(self) -> bool:
-        return any(pool is not None for pool in self.pools)
 
     def _pick(self) -> int | None:
         live = [i for i, pool in enumerate(self.pools) if pool is not None]

@@ -638,6 +638,12 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def _late(binary: str, timeout_s: float) -> PdfError:
+    """Chromium did not print within the time limit (it has been killed): the error both print paths raise."""
+    return PdfError(binary, f"did not print the report within {timeout_s:.0f} s",
+                    "check that chromium runs (chromium --headless --version)")  # fmt: skip
+
+
 def _print_pdf(document: str, pdf: Path, *, timeout_s: float) -> None:
     """Print ``document`` (HTML) to ``pdf`` with headless Chromium, atomically: a temporary file beside ``pdf``,
     renamed once Chromium has written a whole PDF. Raises :class:`PdfError` with the reason and the fix."""
@@ -666,8 +672,7 @@ def _print_pdf(document: str, pdf: Path, *, timeout_s: float) -> None:
                     process.communicate(timeout=10)  # a process that left the group may still hold the pipes
                 except subprocess.TimeoutExpired:
                     pass
-                raise PdfError(binary, f"did not print the report within {timeout_s:.0f} s",
-                               "check that chromium runs (chromium --headless --version)") from None  # fmt: skip
+                raise _late(binary, timeout_s) from None
             finally:
                 _kill_group(process.pid)
             said = " ".join(stderr.decode("utf-8", "replace").split())[-400:]
